@@ -1,0 +1,403 @@
+//! The file/API form of Weir's config: serde types that mirror CONTRACT.md section 2.
+//!
+//! These types accept anything shaped roughly right and keep what they cannot judge yet
+//! (unknown fields, durations as written) so that [`crate::validate`] can report every
+//! problem at once with its path, instead of serde stopping at the first one.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Fields a struct did not expect. Collected (rather than denied by serde) so that every
+/// unknown field is reported together with the other errors, each with its path.
+pub type Unknown = BTreeMap<String, serde_json::Value>;
+
+/// The whole config of a proxy or control plane.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Config {
+    #[serde(default, skip_serializing_if = "Listen::is_empty")]
+    pub listen: Listen,
+    #[serde(default = "defaults::domain")]
+    pub domain: String,
+    #[serde(default = "defaults::domain_template")]
+    pub domain_template: String,
+    #[serde(default = "defaults::tag_template")]
+    pub tag_template: String,
+    #[serde(default = "defaults::cluster_domain")]
+    pub cluster_domain: String,
+    #[serde(default)]
+    pub tag_header_routing: bool,
+    /// How long SIGTERM waits for in-flight requests before the process exits.
+    #[serde(default = "defaults::drain_timeout")]
+    pub drain_timeout: Duration,
+    /// Worker threads of each data-plane listener (the `--threads` flag wins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<usize>,
+    /// Identity reported to control planes and the autoscaler (the `--node-id` flag wins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+    #[serde(default)]
+    pub hold: Hold,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaler: Option<Autoscaler>,
+    #[serde(default)]
+    pub services: Vec<Service>,
+    #[serde(default)]
+    pub ingresses: Vec<Ingress>,
+    #[serde(default)]
+    pub revisions: Vec<Revision>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tls: Vec<TlsEntry>,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+/// Listener addresses; each is overridden by the matching command-line flag.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Listen {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub internal: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<String>,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+impl Listen {
+    fn is_empty(&self) -> bool {
+        self.http.is_none()
+            && self.internal.is_none()
+            && self.https.is_none()
+            && self.admin.is_none()
+    }
+}
+
+/// Scale-from-zero defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hold {
+    /// Held requests per revision, at most.
+    #[serde(default = "defaults::queue_depth")]
+    pub queue_depth: u32,
+    /// How long a request may wait for a revision that sets no `timeout` of its own.
+    #[serde(default = "defaults::hold_timeout")]
+    pub timeout: Duration,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+impl Default for Hold {
+    fn default() -> Self {
+        Hold {
+            queue_depth: defaults::queue_depth(),
+            timeout: defaults::hold_timeout(),
+            unknown: Unknown::new(),
+        }
+    }
+}
+
+/// Where and how often concurrency is reported (Knative's stat protocol).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Autoscaler {
+    pub url: String,
+    #[serde(default = "defaults::report_interval")]
+    pub interval: Duration,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Visibility {
+    #[default]
+    External,
+    ClusterLocal,
+}
+
+/// The friendly form: one Knative Route with its traffic block.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Service {
+    pub name: String,
+    #[serde(default = "defaults::namespace")]
+    pub namespace: String,
+    #[serde(default)]
+    pub visibility: Visibility,
+    /// Extra exact hosts, served beside the generated ones.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    // Lists default to empty (validation says "list at least one") so that a misspelt key is
+    // reported as an unknown field together with every other error, not alone as "missing".
+    #[serde(default)]
+    pub traffic: Vec<TrafficTarget>,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrafficTarget {
+    pub revision: String,
+    pub percent: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+/// The general form: Knative's KIngress.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ingress {
+    pub name: String,
+    #[serde(default = "defaults::namespace")]
+    pub namespace: String,
+    #[serde(default)]
+    pub rules: Vec<Rule>,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rule {
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub visibility: Visibility,
+    #[serde(default)]
+    pub paths: Vec<PathRule>,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PathRule {
+    /// A plain prefix of the request path; "" and "/" match everything.
+    #[serde(default)]
+    pub path: String,
+    /// Exact header matches; all must hold.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// Set on the upstream request, replacing a client's header of the same name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub append_headers: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite_host: Option<String>,
+    #[serde(default)]
+    pub splits: Vec<Split>,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Split {
+    pub revision: String,
+    /// The revision's namespace; defaults to the ingress's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub percent: u32,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub append_headers: BTreeMap<String, String>,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Http1,
+    H2c,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Revision {
+    pub name: String,
+    #[serde(default = "defaults::namespace")]
+    pub namespace: String,
+    /// Requests one endpoint may have in flight; 0 = unlimited.
+    #[serde(default)]
+    pub container_concurrency: u32,
+    /// How long a request may be held for this revision; default `hold.timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// `IP:port` or `host:port`; empty = scaled to zero.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TlsEntry {
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    pub cert: String,
+    pub key: String,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+// === impl Duration ===
+
+/// A duration as written in the config (`300ms`, `5s`, `10m`, `1h`).
+///
+/// Deserialising never fails: a bad string is kept and reported by validation with its path,
+/// together with every other error.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Duration {
+    raw: String,
+    value: Option<time::Duration>,
+}
+
+impl Duration {
+    pub fn parse(raw: &str) -> Duration {
+        Duration {
+            raw: raw.to_owned(),
+            value: parse_duration(raw),
+        }
+    }
+
+    pub fn from_std(d: time::Duration) -> Duration {
+        let raw = if d.subsec_nanos() == 0 {
+            format!("{}s", d.as_secs())
+        } else {
+            format!("{}ms", d.as_millis())
+        };
+        Duration {
+            raw,
+            value: Some(d),
+        }
+    }
+
+    /// The parsed value; `None` when the text was not a valid duration.
+    pub fn get(&self) -> Option<time::Duration> {
+        self.value
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.raw
+    }
+}
+
+impl fmt::Debug for Duration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.raw)
+    }
+}
+
+impl Serialize for Duration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.raw)
+    }
+}
+
+impl<'de> Deserialize<'de> for Duration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Accept any scalar so that `timeout: 30` is reported as "needs a unit" by
+        // validation rather than as a type error that hides every other problem.
+        let v = serde_json::Value::deserialize(d)?;
+        let raw = match v {
+            serde_json::Value::String(s) => s,
+            other => other.to_string(),
+        };
+        Ok(Duration::parse(&raw))
+    }
+}
+
+/// Parses `<number><unit>` with unit `ms`, `s`, `m` or `h`; the number may have a fraction.
+pub fn parse_duration(raw: &str) -> Option<time::Duration> {
+    let s = raw.trim();
+    let split = s.find(|c: char| c.is_ascii_alphabetic())?;
+    let (num, unit) = s.split_at(split);
+    if num.is_empty() || !num.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        return None;
+    }
+    let n: f64 = num.parse().ok()?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return None,
+    };
+    if !secs.is_finite() || secs > 1e9 {
+        return None;
+    }
+    Some(time::Duration::from_secs_f64(secs))
+}
+
+mod defaults {
+    use super::Duration;
+
+    pub fn domain() -> String {
+        "example.com".into()
+    }
+    pub fn domain_template() -> String {
+        "{name}.{namespace}.{domain}".into()
+    }
+    pub fn tag_template() -> String {
+        "{tag}-{name}".into()
+    }
+    pub fn cluster_domain() -> String {
+        "cluster.local".into()
+    }
+    pub fn namespace() -> String {
+        "default".into()
+    }
+    pub fn queue_depth() -> u32 {
+        10_000
+    }
+    pub fn hold_timeout() -> Duration {
+        Duration::parse("300s")
+    }
+    pub fn drain_timeout() -> Duration {
+        Duration::parse("30s")
+    }
+    pub fn report_interval() -> Duration {
+        Duration::parse("1s")
+    }
+}
+
+impl Config {
+    /// A config with every default and nothing routed.
+    pub fn empty() -> Config {
+        serde_json::from_str("{}").expect("the empty config parses")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(
+            parse_duration("300ms"),
+            Some(time::Duration::from_millis(300))
+        );
+        assert_eq!(parse_duration("5s"), Some(time::Duration::from_secs(5)));
+        assert_eq!(parse_duration("10m"), Some(time::Duration::from_secs(600)));
+        assert_eq!(
+            parse_duration("1.5s"),
+            Some(time::Duration::from_millis(1500))
+        );
+        assert_eq!(parse_duration("1h"), Some(time::Duration::from_secs(3600)));
+        for bad in ["", "5", "s", "5x", "-5s", "5 s", "1e3s", "5sec"] {
+            assert_eq!(parse_duration(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn empty_config_has_knative_defaults() {
+        let c = Config::empty();
+        assert_eq!(c.domain_template, "{name}.{namespace}.{domain}");
+        assert_eq!(c.tag_template, "{tag}-{name}");
+        assert_eq!(c.hold.queue_depth, 10_000);
+        assert_eq!(c.hold.timeout.get(), Some(time::Duration::from_secs(300)));
+    }
+}

@@ -1,0 +1,390 @@
+//! The compiled, immutable route table: what the request path reads, and nothing else.
+//!
+//! Built once per config update off the request path ([`compile`]); a request does one host
+//! hash lookup, walks the (usually single) path rule of that host and draws once for the split.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use foldhash::fast::RandomState;
+use http::{HeaderName, HeaderValue};
+
+use crate::error::ConfigErrors;
+use crate::hosts::{self, HostTarget};
+use crate::model::{Config, Protocol, Visibility};
+use crate::split::{RevisionId, Split, Target};
+use crate::validate::{self, parse_endpoint, Endpoint};
+
+/// Which listener a request came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// The public listener: serves external hosts only.
+    External,
+    /// The cluster-local listener: serves every host.
+    Internal,
+}
+
+/// A revision as the data plane needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RevisionSpec {
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
+    pub container_concurrency: u32,
+    /// How long a request may be held for it.
+    pub timeout: Duration,
+    pub protocol: Protocol,
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// What a host answers with: its path rules in order, first match wins.
+#[derive(Debug)]
+pub struct HostRoute {
+    /// Served on the external listener too (otherwise internal only).
+    pub external: bool,
+    /// `namespace/name` of the service or ingress that owns the host.
+    pub owner: Arc<str>,
+    pub paths: Box<[PathRoute]>,
+    /// For `tag_header_routing` on a service's default hosts: tag -> its target.
+    pub tags: Box<[(Box<str>, Target)]>,
+}
+
+/// One path rule: a prefix, exact header matches, and where matching requests go.
+#[derive(Debug, Clone)]
+pub struct PathRoute {
+    pub prefix: Box<str>,
+    pub headers: Box<[(HeaderName, HeaderValue)]>,
+    /// Set on the upstream request before the split (pre-split `append_headers`).
+    pub append_headers: Arc<[(HeaderName, HeaderValue)]>,
+    pub rewrite_host: Option<HeaderValue>,
+    pub split: Split,
+}
+
+/// The immutable routing snapshot of one config generation.
+#[derive(Debug)]
+pub struct RouteTable {
+    hosts: HashMap<Box<str>, HostRoute, RandomState>,
+    revisions: Box<[RevisionSpec]>,
+    tag_header_routing: bool,
+}
+
+/// Why a Host header could not be looked up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostError {
+    /// Empty, too long, or with characters no DNS name or IP address has.
+    Invalid,
+}
+
+/// Longest Host value accepted (a DNS name is 253 characters; room for a port).
+pub const MAX_HOST_LEN: usize = 300;
+
+impl RouteTable {
+    /// Finds the route of a raw Host value (any case, with or without `:port` or a trailing
+    /// dot) as seen on `listener`. Allocation-free.
+    #[inline]
+    pub fn lookup(
+        &self,
+        raw_host: &[u8],
+        listener: Listener,
+    ) -> Result<Option<&HostRoute>, HostError> {
+        let mut buf = [0u8; MAX_HOST_LEN];
+        let host = normalize_host(raw_host, &mut buf)?;
+        Ok(self
+            .hosts
+            .get(host)
+            .filter(|r| r.external || listener == Listener::Internal))
+    }
+
+    pub fn revisions(&self) -> &[RevisionSpec] {
+        &self.revisions
+    }
+
+    pub fn revision(&self, id: RevisionId) -> &RevisionSpec {
+        &self.revisions[id.0 as usize]
+    }
+
+    pub fn tag_header_routing(&self) -> bool {
+        self.tag_header_routing
+    }
+
+    pub fn host_count(&self) -> usize {
+        self.hosts.len()
+    }
+}
+
+impl HostRoute {
+    /// The first path rule whose prefix and headers match. `header` returns a request
+    /// header's value by name.
+    #[inline]
+    pub fn route<'a>(
+        &self,
+        path: &[u8],
+        header: impl Fn(&HeaderName) -> Option<&'a [u8]>,
+    ) -> Option<&PathRoute> {
+        self.paths.iter().find(|p| {
+            path.starts_with(p.prefix.as_bytes())
+                && p.headers
+                    .iter()
+                    .all(|(n, v)| header(n) == Some(v.as_bytes()))
+        })
+    }
+
+    /// The target of tag `tag` (for `Knative-Serving-Tag` routing), if this host has it.
+    #[inline]
+    pub fn tag_target(&self, tag: &[u8]) -> Option<&Target> {
+        self.tags
+            .iter()
+            .find(|(t, _)| t.as_bytes() == tag)
+            .map(|(_, target)| target)
+    }
+}
+
+/// Lowercases `raw` into `buf`, dropping a `:port` and one trailing dot.
+#[inline]
+pub fn normalize_host<'b>(
+    raw: &[u8],
+    buf: &'b mut [u8; MAX_HOST_LEN],
+) -> Result<&'b str, HostError> {
+    let mut host = raw;
+    if host.first() == Some(&b'[') {
+        // IPv6 literal: keep through the closing bracket.
+        let end = host
+            .iter()
+            .position(|&b| b == b']')
+            .ok_or(HostError::Invalid)?;
+        let rest = &host[end + 1..];
+        if !(rest.is_empty() || (rest[0] == b':' && is_port(&rest[1..]))) {
+            return Err(HostError::Invalid);
+        }
+        host = &host[..=end];
+    } else if let Some(colon) = host.iter().rposition(|&b| b == b':') {
+        if !is_port(&host[colon + 1..]) {
+            return Err(HostError::Invalid);
+        }
+        host = &host[..colon];
+    }
+    if let Some(h) = host.strip_suffix(b".") {
+        host = h;
+    }
+    if host.is_empty() || host.len() > MAX_HOST_LEN {
+        return Err(HostError::Invalid);
+    }
+    let out = &mut buf[..host.len()];
+    for (o, &b) in out.iter_mut().zip(host) {
+        if !(b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'[' | b']' | b':')) {
+            return Err(HostError::Invalid);
+        }
+        *o = b.to_ascii_lowercase();
+    }
+    // Only ASCII was copied, so this cannot fail.
+    std::str::from_utf8(out).map_err(|_| HostError::Invalid)
+}
+
+fn is_port(p: &[u8]) -> bool {
+    !p.is_empty() && p.len() <= 5 && p.iter().all(u8::is_ascii_digit)
+}
+
+/// The normalised form of a configured host (lowercase, no trailing dot).
+pub fn normalize_owned(host: &str) -> String {
+    host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase()
+}
+
+/// Validates `cfg` and compiles it into a [`RouteTable`].
+pub fn compile(cfg: &Config) -> Result<RouteTable, ConfigErrors> {
+    validate::validate(cfg)?;
+    Ok(compile_valid(cfg))
+}
+
+fn header_pairs(
+    m: &std::collections::BTreeMap<String, String>,
+) -> Arc<[(HeaderName, HeaderValue)]> {
+    m.iter()
+        .filter_map(|(k, v)| {
+            Some((
+                HeaderName::from_bytes(k.as_bytes()).ok()?,
+                HeaderValue::from_str(v).ok()?,
+            ))
+        })
+        .collect()
+}
+
+/// Compiles a config that [`validate::validate`] accepted.
+fn compile_valid(cfg: &Config) -> RouteTable {
+    let default_timeout = cfg.hold.timeout.get().unwrap_or(Duration::from_secs(300));
+    let mut rev_ids: HashMap<(&str, &str), RevisionId> =
+        HashMap::with_capacity(cfg.revisions.len());
+    let mut revisions = Vec::with_capacity(cfg.revisions.len());
+    for r in &cfg.revisions {
+        rev_ids.insert(
+            (r.namespace.as_str(), r.name.as_str()),
+            RevisionId(revisions.len() as u32),
+        );
+        revisions.push(RevisionSpec {
+            namespace: r.namespace.as_str().into(),
+            name: r.name.as_str().into(),
+            container_concurrency: r.container_concurrency,
+            timeout: r
+                .timeout
+                .as_ref()
+                .and_then(|t| t.get())
+                .unwrap_or(default_timeout),
+            protocol: r.protocol,
+            endpoints: r
+                .endpoints
+                .iter()
+                .filter_map(|e| parse_endpoint(e).ok())
+                .collect(),
+        });
+    }
+    let rev = |ns: &str, name: &str| rev_ids[&(ns, name)];
+
+    let total_hosts: usize = cfg.services.len() * 5 + cfg.ingresses.len() * 2;
+    let mut hosts: HashMap<Box<str>, HostRoute, RandomState> =
+        HashMap::with_capacity_and_hasher(total_hosts, RandomState::default());
+
+    for (i, svc) in cfg.services.iter().enumerate() {
+        let owner: Arc<str> = format!("{}/{}", svc.namespace, svc.name).into();
+        let targets: Vec<Target> = svc
+            .traffic
+            .iter()
+            .map(|t| Target {
+                revision: rev(&svc.namespace, &t.revision),
+                percent: t.percent,
+                tag: None,
+                append_headers: Arc::new([]),
+            })
+            .collect();
+        let tag_target = |t: usize| {
+            let tt = &svc.traffic[t];
+            Target {
+                revision: rev(&svc.namespace, &tt.revision),
+                percent: 100,
+                tag: tt
+                    .tag
+                    .as_deref()
+                    .and_then(|s| HeaderValue::from_str(s).ok()),
+                append_headers: Arc::new([]),
+            }
+        };
+        let tags: Vec<(Box<str>, Target)> = svc
+            .traffic
+            .iter()
+            .enumerate()
+            .filter_map(|(t, tt)| Some((tt.tag.as_deref()?.into(), tag_target(t))))
+            .collect();
+        for h in hosts::service_hosts(cfg, svc, i) {
+            let (split, host_tags) = match h.target {
+                HostTarget::Split => (
+                    Split::new(targets.clone()),
+                    if cfg.tag_header_routing {
+                        tags.clone().into_boxed_slice()
+                    } else {
+                        Box::new([]) as Box<[_]>
+                    },
+                ),
+                HostTarget::Tag(t) => (Split::new(vec![tag_target(t)]), Box::new([]) as Box<[_]>),
+            };
+            hosts.insert(
+                normalize_owned(&h.host).into_boxed_str(),
+                HostRoute {
+                    external: !h.internal_only,
+                    owner: owner.clone(),
+                    paths: Box::new([PathRoute {
+                        prefix: "".into(),
+                        headers: Box::new([]),
+                        append_headers: Arc::new([]),
+                        rewrite_host: None,
+                        split,
+                    }]),
+                    tags: host_tags,
+                },
+            );
+        }
+    }
+
+    for ing in &cfg.ingresses {
+        let owner: Arc<str> = format!("{}/{}", ing.namespace, ing.name).into();
+        for rule in &ing.rules {
+            let paths: Vec<PathRoute> = rule
+                .paths
+                .iter()
+                .map(|p| PathRoute {
+                    prefix: p.path.as_str().into(),
+                    headers: header_pairs(&p.headers).iter().cloned().collect(),
+                    append_headers: header_pairs(&p.append_headers),
+                    rewrite_host: p
+                        .rewrite_host
+                        .as_deref()
+                        .and_then(|h| HeaderValue::from_str(h).ok()),
+                    split: Split::new(
+                        p.splits
+                            .iter()
+                            .map(|s| Target {
+                                revision: rev(
+                                    s.namespace.as_deref().unwrap_or(&ing.namespace),
+                                    &s.revision,
+                                ),
+                                percent: s.percent,
+                                tag: None,
+                                append_headers: header_pairs(&s.append_headers),
+                            })
+                            .collect(),
+                    ),
+                })
+                .collect();
+            let paths: Box<[PathRoute]> = paths.into_boxed_slice();
+            let external = rule.visibility == Visibility::External;
+            for host in &rule.hosts {
+                hosts.insert(
+                    normalize_owned(host).into_boxed_str(),
+                    HostRoute {
+                        external,
+                        owner: owner.clone(),
+                        paths: paths.clone(),
+                        tags: Box::new([]),
+                    },
+                );
+            }
+        }
+    }
+
+    RouteTable {
+        hosts,
+        revisions: revisions.into_boxed_slice(),
+        tag_header_routing: cfg.tag_header_routing,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn norm(h: &str) -> Result<String, HostError> {
+        let mut buf = [0u8; MAX_HOST_LEN];
+        normalize_host(h.as_bytes(), &mut buf).map(str::to_owned)
+    }
+
+    #[test]
+    fn host_normalisation() {
+        assert_eq!(norm("Hello.Example.COM").unwrap(), "hello.example.com");
+        assert_eq!(norm("hello.example.com:8080").unwrap(), "hello.example.com");
+        assert_eq!(norm("hello.example.com.").unwrap(), "hello.example.com");
+        assert_eq!(norm("hello.example.com.:80").unwrap(), "hello.example.com");
+        assert_eq!(norm("[::1]:80").unwrap(), "[::1]");
+        assert_eq!(norm("10.0.0.1").unwrap(), "10.0.0.1");
+        for bad in [
+            "",
+            ":80",
+            "a b",
+            "a:b",
+            "a/b",
+            "[::1",
+            "[::1]x",
+            "h\u{e9}.com",
+            "a:123456",
+        ] {
+            assert!(norm(bad).is_err(), "{bad:?}");
+        }
+        assert!(norm(&"a".repeat(400)).is_err());
+    }
+}

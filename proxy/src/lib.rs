@@ -1,0 +1,22 @@
+//! Weir's data plane: a pingora proxy that routes by Host, tag and path to weighted revisions,
+//! holds requests for revisions scaled to zero, and is updated live through its admin API.
+//!
+//! - [`route`]: the request path (pingora `ProxyHttp`).
+//! - [`revision`]: endpoints, the per-endpoint concurrency breaker and the hold queue.
+//! - [`state`]: the config snapshot behind one `ArcSwap`, and config/endpoint updates.
+//! - [`admin`]: health, metrics and the control API.
+//! - [`server`], [`cli`], [`demo`]: process wiring and the `weir` command line.
+
+pub mod admin;
+pub mod cli;
+pub mod demo;
+pub mod metrics;
+pub mod revision;
+pub mod route;
+pub mod server;
+pub mod state;
+
+/// mimalloc: about 10% less CPU per request than glibc malloc for pingora on these machines
+/// (see the README's performance notes).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

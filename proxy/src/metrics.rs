@@ -1,0 +1,181 @@
+//! Prometheus metrics of CONTRACT.md section 5: one registry per process, rendered by the
+//! admin listener. Per-revision handles are resolved once and cached on the revision, so
+//! the request path does atomic adds, not label lookups.
+
+use prometheus::{
+    exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub in_flight: IntGaugeVec,
+    pub held: IntGaugeVec,
+    pub hold_duration: HistogramVec,
+    pub hold_outcomes: IntCounterVec,
+    pub pokes: IntCounterVec,
+    pub config_generation: IntGauge,
+    pub config_updates: IntCounterVec,
+    pub xds_connected: IntGauge,
+    pub autoscaler_reports: IntCounterVec,
+}
+
+fn latency_buckets() -> Vec<f64> {
+    // 0.5 ms .. ~65 s
+    exponential_buckets(0.0005, 2.0, 18).expect("valid buckets")
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let rev = &["namespace", "revision"];
+        let m = Metrics {
+            requests: IntCounterVec::new(
+                Opts::new("weir_requests_total", "Requests answered, by revision and status code."),
+                &["namespace", "revision", "code"],
+            )
+            .expect("metric"),
+            request_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "weir_request_duration_seconds",
+                    "Time from request start to the end of the response, by revision.",
+                )
+                .buckets(latency_buckets()),
+                rev,
+            )
+            .expect("metric"),
+            in_flight: IntGaugeVec::new(
+                Opts::new("weir_revision_in_flight", "Requests being proxied to a revision."),
+                rev,
+            )
+            .expect("metric"),
+            held: IntGaugeVec::new(
+                Opts::new("weir_revision_held", "Requests waiting for capacity of a revision."),
+                rev,
+            )
+            .expect("metric"),
+            hold_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "weir_hold_duration_seconds",
+                    "Time requests spent held before being sent or failed.",
+                )
+                .buckets(latency_buckets()),
+                rev,
+            )
+            .expect("metric"),
+            hold_outcomes: IntCounterVec::new(
+                Opts::new(
+                    "weir_hold_requests_total",
+                    "Held requests by outcome: released, timed_out, rejected (queue full), cancelled.",
+                ),
+                &["namespace", "revision", "outcome"],
+            )
+            .expect("metric"),
+            pokes: IntCounterVec::new(
+                Opts::new(
+                    "weir_autoscaler_pokes_total",
+                    "Immediate scale-from-zero signals, one per revision per reporting interval.",
+                ),
+                rev,
+            )
+            .expect("metric"),
+            config_generation: IntGauge::new(
+                "weir_config_generation",
+                "Generation of the config in force.",
+            )
+            .expect("metric"),
+            config_updates: IntCounterVec::new(
+                Opts::new(
+                    "weir_config_updates_total",
+                    "Config updates by source (file, sighup, api, endpoints, xds) and result.",
+                ),
+                &["source", "result"],
+            )
+            .expect("metric"),
+            xds_connected: IntGauge::new(
+                "weir_xds_connected",
+                "1 while an xDS stream is established.",
+            )
+            .expect("metric"),
+            autoscaler_reports: IntCounterVec::new(
+                Opts::new(
+                    "weir_autoscaler_reports_total",
+                    "Concurrency reports to the autoscaler by result.",
+                ),
+                &["result"],
+            )
+            .expect("metric"),
+            registry,
+        };
+        let r = &m.registry;
+        for c in [
+            Box::new(m.requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.request_duration.clone()),
+            Box::new(m.in_flight.clone()),
+            Box::new(m.held.clone()),
+            Box::new(m.hold_duration.clone()),
+            Box::new(m.hold_outcomes.clone()),
+            Box::new(m.pokes.clone()),
+            Box::new(m.config_generation.clone()),
+            Box::new(m.config_updates.clone()),
+            Box::new(m.xds_connected.clone()),
+            Box::new(m.autoscaler_reports.clone()),
+        ] {
+            r.register(c).expect("metric names are unique");
+        }
+        m
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        let families = self.registry.gather();
+        if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
+            log::error!("encoding metrics: {e}");
+        }
+        out
+    }
+
+    /// Counter of requests for (namespace, revision, code); `""` labels for unrouted ones.
+    pub fn request_counter(&self, ns: &str, rev: &str, code: u16) -> IntCounter {
+        let mut buf = itoa_buf(code);
+        self.requests
+            .with_label_values(&[ns, rev, code_str(code, &mut buf)])
+    }
+
+    pub fn config_update(&self, source: &str, ok: bool) {
+        self.config_updates
+            .with_label_values(&[source, if ok { "ok" } else { "rejected" }])
+            .inc();
+    }
+
+    /// Drops the series of a revision that left the config.
+    pub fn forget_revision(&self, ns: &str, rev: &str) {
+        let labels = [ns, rev];
+        let _ = self.request_duration.remove_label_values(&labels);
+        let _ = self.in_flight.remove_label_values(&labels);
+        let _ = self.held.remove_label_values(&labels);
+        let _ = self.hold_duration.remove_label_values(&labels);
+        let _ = self.pokes.remove_label_values(&labels);
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+fn itoa_buf(_code: u16) -> [u8; 3] {
+    [b'0'; 3]
+}
+
+fn code_str(code: u16, buf: &mut [u8; 3]) -> &str {
+    let c = code.min(999);
+    buf[0] = b'0' + (c / 100) as u8;
+    buf[1] = b'0' + (c / 10 % 10) as u8;
+    buf[2] = b'0' + (c % 10) as u8;
+    std::str::from_utf8(buf).unwrap_or("000")
+}

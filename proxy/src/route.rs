@@ -1,0 +1,445 @@
+//! The data plane's request path: pingora's `ProxyHttp` phases for one listener.
+//!
+//! `request_filter` routes (one snapshot load, host lookup, path rule, split draw) and answers
+//! unroutable requests itself; `upstream_peer` takes a slot on an endpoint of the chosen
+//! revision, holding the request when there is none; `upstream_request_filter` sets the
+//! headers of CONTRACT.md section 3; `logging` frees the slot and records metrics.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
+use pingora::proxy::FailToProxy;
+use weir_config::model::Protocol;
+use weir_config::Listener;
+
+use crate::revision::{HoldError, Revision, Slot};
+use crate::state::State;
+
+/// How long a connect to an endpoint may take before the next endpoint is tried.
+/// This bounds only the dial: a request that reached a backend is never timed out.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Attempts to connect, in all, before answering 502.
+const MAX_CONNECT_ATTEMPTS: usize = 3;
+
+static TAG_HEADER: HeaderName = HeaderName::from_static("knative-serving-tag");
+static REVISION_HEADER: HeaderName = HeaderName::from_static("knative-serving-revision");
+static NAMESPACE_HEADER: HeaderName = HeaderName::from_static("knative-serving-namespace");
+static XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+static XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// Requests between their first byte and their last log line, across all listeners.
+/// SIGTERM drains until this is zero.
+#[derive(Debug, Default)]
+pub struct Active(AtomicUsize);
+
+impl Active {
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+struct ActiveGuard(Arc<Active>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0 .0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The proxy of one listener.
+pub struct WeirProxy {
+    pub state: Arc<State>,
+    pub listener: Listener,
+    /// `X-Forwarded-Proto` of this listener.
+    pub scheme: HeaderValue,
+    pub active: Arc<Active>,
+}
+
+/// Why a request ended without an upstream answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    Connect,
+    QueueFull,
+    HoldTimeout,
+    ClientGone,
+}
+
+/// Per-request state.
+pub struct Ctx {
+    start: Instant,
+    _active: ActiveGuard,
+    revision: Option<Arc<Revision>>,
+    tag: Option<HeaderValue>,
+    pre_headers: Option<Arc<[(HeaderName, HeaderValue)]>>,
+    post_headers: Option<Arc<[(HeaderName, HeaderValue)]>>,
+    rewrite_host: Option<HeaderValue>,
+    slot: Option<Slot>,
+    tried: [Option<SocketAddr>; MAX_CONNECT_ATTEMPTS],
+    attempts: usize,
+    failure: Option<Failure>,
+}
+
+/// What routing decided, before any response is written.
+enum Decision {
+    Proxy,
+    Respond(u16, String),
+}
+
+impl WeirProxy {
+    fn route(&self, req: &RequestHeader, ctx: &mut Ctx) -> Decision {
+        let host = match req.headers.get(header::HOST) {
+            Some(h) => h.as_bytes(),
+            None => match req.uri.authority() {
+                Some(a) => a.as_str().as_bytes(),
+                None => return Decision::Respond(400, "missing Host header\n".into()),
+            },
+        };
+        let snap = self.state.load();
+        let route = match snap.table.lookup(host, self.listener) {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                return Decision::Respond(
+                    404,
+                    format!("no route for host \"{}\"\n", String::from_utf8_lossy(host)),
+                )
+            }
+            Err(_) => return Decision::Respond(400, "invalid Host header\n".into()),
+        };
+        let path = req.uri.path().as_bytes();
+        let Some(rule) = route.route(path, |n| req.headers.get(n).map(HeaderValue::as_bytes))
+        else {
+            return Decision::Respond(
+                404,
+                format!("no route for host \"{}\"\n", String::from_utf8_lossy(host)),
+            );
+        };
+        let by_tag = if route.tags.is_empty() {
+            None
+        } else {
+            // Knative: a missing, empty or unknown tag falls through to the split.
+            req.headers
+                .get(&TAG_HEADER)
+                .map(HeaderValue::as_bytes)
+                .filter(|t| !t.is_empty())
+                .and_then(|t| route.tag_target(t))
+        };
+        let target = by_tag.unwrap_or_else(|| rule.split.pick());
+        let Some(rev) = snap.revisions.get(target.revision.0 as usize) else {
+            return Decision::Respond(500, "internal routing error\n".into());
+        };
+        ctx.revision = Some(rev.clone());
+        ctx.tag = target.tag.clone();
+        if !rule.append_headers.is_empty() {
+            ctx.pre_headers = Some(rule.append_headers.clone());
+        }
+        if !target.append_headers.is_empty() {
+            ctx.post_headers = Some(target.append_headers.clone());
+        }
+        ctx.rewrite_host = rule.rewrite_host.clone();
+        Decision::Proxy
+    }
+
+    /// Takes a slot on an endpoint of the request's revision, holding the request while there
+    /// is none. Leaves the queue at once if the client goes away.
+    async fn acquire(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Slot, Failure> {
+        let rev = ctx.revision.clone().ok_or(Failure::Connect)?;
+        // Endpoints that already failed to connect, on the stack: no allocation per request.
+        let mut buf = [SocketAddr::from(([0, 0, 0, 0], 0)); MAX_CONNECT_ATTEMPTS];
+        let mut n = 0;
+        for a in ctx.tried.iter().flatten() {
+            buf[n] = *a;
+            n += 1;
+        }
+        let avoid = &buf[..n];
+        if let Some(slot) = rev.try_acquire(avoid) {
+            return Ok(slot);
+        }
+        let downstream = session.as_downstream_mut();
+        // A client with no request body to send can be watched for a close while it waits;
+        // one with a body cannot without consuming it, so it waits until release or timeout.
+        let has_body = !(downstream.is_body_empty() || downstream.is_body_done());
+        let held = rev.acquire(avoid);
+        tokio::pin!(held);
+        let gone = async {
+            if has_body {
+                return std::future::pending::<()>().await;
+            }
+            match downstream.read_body_or_idle(true).await {
+                Err(_) => {}
+                // Pipelined bytes: the client is still there; stop watching.
+                Ok(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            r = &mut held => r.map_err(|e| match e {
+                HoldError::QueueFull => Failure::QueueFull,
+                HoldError::Timeout => Failure::HoldTimeout,
+            }),
+            _ = gone => Err(Failure::ClientGone),
+        }
+    }
+}
+
+async fn respond(session: &mut Session, code: u16, body: impl Into<Bytes>) -> Result<()> {
+    let body = body.into();
+    let mut resp = ResponseHeader::build(code, Some(3))?;
+    resp.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+    resp.insert_header(header::CONTENT_LENGTH, body.len())?;
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await
+}
+
+#[async_trait]
+impl ProxyHttp for WeirProxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        self.active.0.fetch_add(1, Ordering::SeqCst);
+        Ctx {
+            start: Instant::now(),
+            _active: ActiveGuard(self.active.clone()),
+            revision: None,
+            tag: None,
+            pre_headers: None,
+            post_headers: None,
+            rewrite_host: None,
+            slot: None,
+            tried: [None; MAX_CONNECT_ATTEMPTS],
+            attempts: 0,
+            failure: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        match self.route(session.req_header(), ctx) {
+            Decision::Proxy => Ok(false),
+            Decision::Respond(code, body) => {
+                respond(session, code, body).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        ctx.slot = None;
+        let slot = match self.acquire(session, ctx).await {
+            Ok(s) => s,
+            Err(f) => {
+                ctx.failure = Some(f);
+                let mut e = Error::new(ErrorType::HTTPStatus(failure_code(f)));
+                e.set_retry(false);
+                return Err(e);
+            }
+        };
+        let addr = slot.addr();
+        if ctx.attempts < MAX_CONNECT_ATTEMPTS {
+            ctx.tried[ctx.attempts] = Some(addr);
+        }
+        ctx.attempts += 1;
+        let protocol = ctx
+            .revision
+            .as_ref()
+            .map(|r| r.endpoints().protocol)
+            .unwrap_or_default();
+        ctx.slot = Some(slot);
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
+        if protocol == Protocol::H2c {
+            peer.options.set_http_version(2, 2);
+        }
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        req: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        strip_hop_by_hop(req, session.is_upgrade_req());
+        if let Some(rev) = &ctx.revision {
+            req.insert_header(REVISION_HEADER.clone(), rev.name_value.clone())?;
+            req.insert_header(NAMESPACE_HEADER.clone(), rev.namespace_value.clone())?;
+        }
+        if let Some(tag) = &ctx.tag {
+            req.insert_header(TAG_HEADER.clone(), tag.clone())?;
+        }
+        if let Some(PingoraAddr::Inet(addr)) = session.client_addr() {
+            let xff = forwarded_for(req.headers.get(&XFF), addr.ip());
+            req.insert_header(XFF.clone(), xff)?;
+        }
+        req.insert_header(XFP.clone(), self.scheme.clone())?;
+        for headers in [&ctx.pre_headers, &ctx.post_headers].into_iter().flatten() {
+            for (name, value) in headers.iter() {
+                req.insert_header(name.clone(), value.clone())?;
+            }
+        }
+        if let Some(host) = &ctx.rewrite_host {
+            req.insert_header(header::HOST, host.clone())?;
+        }
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // Never sent: free the slot and try another endpoint, up to MAX_CONNECT_ATTEMPTS.
+        ctx.slot = None;
+        ctx.failure = Some(Failure::Connect);
+        e.set_retry(ctx.attempts < MAX_CONNECT_ATTEMPTS);
+        e
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.failure = None;
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let (code, body) = match (ctx.failure, &ctx.revision) {
+            (Some(Failure::ClientGone), _) => (0, String::new()),
+            (Some(Failure::Connect), Some(rev)) => (
+                502,
+                format!(
+                    "upstream connect error for revision {}/{}\n",
+                    rev.namespace, rev.name
+                ),
+            ),
+            (Some(Failure::QueueFull), _) => (503, "pending request queue full\n".into()),
+            (Some(Failure::HoldTimeout), Some(rev)) => (
+                504,
+                format!(
+                    "timed out waiting for revision {}/{}\n",
+                    rev.namespace, rev.name
+                ),
+            ),
+            _ => match e.etype() {
+                ErrorType::HTTPStatus(c) => (*c, String::new()),
+                _ => match e.esource() {
+                    ErrorSource::Upstream => (502, "upstream error\n".into()),
+                    ErrorSource::Downstream => match e.etype() {
+                        ErrorType::WriteError
+                        | ErrorType::ReadError
+                        | ErrorType::ConnectionClosed => (0, String::new()),
+                        _ => (400, "bad request\n".into()),
+                    },
+                    _ => (500, "internal error\n".into()),
+                },
+            },
+        };
+        // Only answer if nothing was sent yet; otherwise the connection is simply closed.
+        if code > 0 && session.response_written().is_none() {
+            if let Err(err) = respond(session, code, body).await {
+                log::debug!("writing the {code} answer: {err}");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, _error: &Error) -> bool {
+        // Holding outcomes are expected and counted; clients going away is normal.
+        matches!(
+            ctx.failure,
+            Some(Failure::QueueFull | Failure::HoldTimeout | Failure::ClientGone)
+        )
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        ctx.slot = None;
+        let code = match session.response_written() {
+            Some(r) => r.status.as_u16(),
+            // nginx's "client closed request"
+            None => 499,
+        };
+        match &ctx.revision {
+            Some(rev) => {
+                rev.count_response(code);
+                rev.duration_histogram()
+                    .observe(ctx.start.elapsed().as_secs_f64());
+            }
+            None => self.state.metrics.request_counter("", "", code).inc(),
+        }
+    }
+}
+
+fn failure_code(f: Failure) -> u16 {
+    match f {
+        Failure::Connect => 502,
+        Failure::QueueFull => 503,
+        Failure::HoldTimeout => 504,
+        Failure::ClientGone => 499,
+    }
+}
+
+/// `X-Forwarded-For` with the client's address appended.
+fn forwarded_for(existing: Option<&HeaderValue>, ip: std::net::IpAddr) -> HeaderValue {
+    let mut buf = Vec::with_capacity(64);
+    if let Some(prev) = existing.filter(|v| !v.is_empty()) {
+        buf.extend_from_slice(prev.as_bytes());
+        buf.extend_from_slice(b", ");
+    }
+    let _ = write!(buf, "{ip}");
+    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// Drops hop-by-hop headers (RFC 9110 section 7.6.1): `Connection` and the headers it names,
+/// `Keep-Alive`, `Proxy-Connection`, `TE` (but `trailers`, which gRPC needs) and `Upgrade`
+/// unless this is an upgrade. Framing headers are left to pingora, which re-frames the body.
+fn strip_hop_by_hop(req: &mut RequestHeader, upgrade: bool) {
+    if let Some(conn) = req.headers.get(header::CONNECTION).cloned() {
+        if let Ok(list) = conn.to_str() {
+            for token in list.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                let lower = token.to_ascii_lowercase();
+                if matches!(lower.as_str(), "upgrade" | "keep-alive" | "close") {
+                    continue;
+                }
+                if let Ok(name) = HeaderName::from_bytes(lower.as_bytes()) {
+                    if name != header::CONTENT_LENGTH
+                        && name != header::TRANSFER_ENCODING
+                        && name != header::HOST
+                    {
+                        req.remove_header(&name);
+                    }
+                }
+            }
+        }
+        req.remove_header(&header::CONNECTION);
+    }
+    req.remove_header("keep-alive");
+    req.remove_header("proxy-connection");
+    if let Some(te) = req.headers.get(header::TE) {
+        if !te.as_bytes().eq_ignore_ascii_case(b"trailers") {
+            req.remove_header(&header::TE);
+        }
+    }
+    if upgrade {
+        let _ = req.insert_header(header::CONNECTION, "upgrade");
+    } else {
+        req.remove_header(&header::UPGRADE);
+    }
+}

@@ -1,0 +1,212 @@
+//! Process wiring for `weir proxy`: the control runtime (admin API, signals), the pingora
+//! server with one proxy service per listener, and the SIGTERM drain.
+//!
+//! pingora owns the process once `run_forever` is called: it handles SIGTERM (graceful: stop
+//! accepting, then wait its grace period), SIGINT (stop at once) and exits. Its grace period
+//! is a fixed sleep, so the drain watcher here exits as soon as no request is in flight.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::HeaderValue;
+use pingora::proxy::http_proxy_service_with_name;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::Server;
+use weir_config::{Config, Format, Listener};
+
+use crate::admin::{self, Admin};
+use crate::metrics::Metrics;
+use crate::route::{Active, WeirProxy};
+use crate::state::State;
+
+/// Everything `weir proxy` (or `weir demo`) needs to start.
+pub struct ProxyOptions {
+    /// Re-read on SIGHUP.
+    pub config_path: Option<PathBuf>,
+    pub config: Config,
+    pub http: SocketAddr,
+    pub internal: Option<SocketAddr>,
+    pub admin: SocketAddr,
+    pub admin_token: Option<String>,
+    pub threads: usize,
+}
+
+/// The runtime of everything that is not the data plane: admin API, signals, demo backends.
+pub fn control_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("weir-control")
+        .enable_all()
+        .build()
+}
+
+/// Starts the proxy; returns only on a failed start (pingora exits the process itself).
+pub fn run(opts: ProxyOptions, rt: &tokio::runtime::Runtime, state: Arc<State>) -> ExitCode {
+    let drain = opts
+        .config
+        .drain_timeout
+        .get()
+        .unwrap_or(Duration::from_secs(30));
+    if let Err(errs) = state.apply(opts.config, "file") {
+        for e in &errs.0 {
+            eprintln!("{e}");
+        }
+        eprintln!("error: invalid config, not starting");
+        return ExitCode::from(1);
+    }
+
+    if let Err(why) = admin::check_bind(&opts.admin, opts.admin_token.as_deref()) {
+        eprintln!("error: {why}");
+        return ExitCode::from(1);
+    }
+    let admin_listener = match std::net::TcpListener::bind(opts.admin) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot listen on admin address {}: {e}", opts.admin);
+            return ExitCode::from(1);
+        }
+    };
+    // pingora binds when it starts its services; check first so a busy port is a clean exit 1.
+    for addr in std::iter::once(opts.http).chain(opts.internal) {
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            eprintln!("error: cannot listen on {addr}: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    let active = Arc::new(Active::default());
+    {
+        let _enter = rt.enter();
+        if let Err(e) = admin_listener.set_nonblocking(true) {
+            eprintln!("error: admin listener: {e}");
+            return ExitCode::from(1);
+        }
+        let listener = match tokio::net::TcpListener::from_std(admin_listener) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("error: admin listener: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        rt.spawn(admin::serve(
+            listener,
+            Arc::new(Admin {
+                state: state.clone(),
+                token: opts.admin_token.clone(),
+            }),
+        ));
+        rt.spawn(drain_on_sigterm(active.clone(), drain));
+        if let Some(path) = opts.config_path.clone() {
+            rt.spawn(reload_on_sighup(path, state.clone()));
+        }
+    }
+
+    let conf = ServerConf {
+        threads: opts.threads.max(1),
+        grace_period_seconds: Some(drain.as_secs_f64().ceil() as u64),
+        graceful_shutdown_timeout_seconds: Some(1),
+        upstream_keepalive_pool_size: 1024,
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
+    server.bootstrap();
+    let listeners = [
+        Some((opts.http, Listener::External, "weir-http")),
+        opts.internal
+            .map(|a| (a, Listener::Internal, "weir-internal")),
+    ];
+    for (addr, listener, name) in listeners.into_iter().flatten() {
+        let proxy = WeirProxy {
+            state: state.clone(),
+            listener,
+            scheme: HeaderValue::from_static("http"),
+            active: active.clone(),
+        };
+        let mut svc = http_proxy_service_with_name(&server.configuration, proxy, name);
+        svc.add_tcp(&addr.to_string());
+        server.add_service(svc);
+    }
+    log::info!(
+        "weir proxy: http {}{}, admin {}",
+        opts.http,
+        opts.internal
+            .map(|a| format!(", internal {a}"))
+            .unwrap_or_default(),
+        opts.admin
+    );
+    server.run_forever()
+}
+
+/// On SIGTERM pingora stops accepting; this exits as soon as in-flight requests are done
+/// (pingora's own grace period, set to the drain timeout, is the upper bound).
+async fn drain_on_sigterm(active: Arc<Active>, drain: Duration) {
+    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    else {
+        return;
+    };
+    term.recv().await;
+    log::info!(
+        "SIGTERM: draining {} in-flight request(s), up to {drain:?}",
+        active.get()
+    );
+    let deadline = Instant::now() + drain;
+    // Quiet for a few checks in a row, so a request accepted just before the listener closed
+    // has had time to show up as active.
+    let mut quiet = 0;
+    while Instant::now() < deadline {
+        if active.get() == 0 {
+            quiet += 1;
+            if quiet >= 4 {
+                log::info!("drained; exiting");
+                std::process::exit(0);
+            }
+        } else {
+            quiet = 0;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    log::warn!(
+        "drain timeout: exiting with {} request(s) in flight",
+        active.get()
+    );
+    std::process::exit(0);
+}
+
+/// Re-reads the config file on every SIGHUP; a bad file is logged and changes nothing.
+async fn reload_on_sighup(path: PathBuf, state: Arc<State>) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let path = path.clone();
+        let state = state.clone();
+        let res = tokio::task::spawn_blocking(move || {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("SIGHUP: cannot read {}: {e}", path.display()))?;
+            let format = Format::from_path(&path.to_string_lossy());
+            let cfg = weir_config::load(&text, format).map_err(|errs| {
+                state.metrics.config_update("sighup", false);
+                format!(
+                    "SIGHUP: {} is invalid, keeping the running config:\n{errs}",
+                    path.display()
+                )
+            })?;
+            state.apply(cfg, "sighup").map_err(|errs| {
+                format!("SIGHUP: config rejected, keeping the running config:\n{errs}")
+            })
+        })
+        .await;
+        match res {
+            Ok(Ok(g)) => log::info!("SIGHUP: generation {g} in force"),
+            Ok(Err(msg)) => log::error!("{msg}"),
+            Err(e) => log::error!("SIGHUP reload failed: {e}"),
+        }
+    }
+}
+
+/// The shared state and metrics of one proxy process.
+pub fn new_state() -> Arc<State> {
+    State::new(Arc::new(Metrics::new()))
+}

@@ -1,0 +1,261 @@
+//! The proxy's shared state: the config snapshot in force (one `ArcSwap`), the registry of
+//! run-time revisions that outlive snapshots, generations, and the update entry points used
+//! by every config source (file, SIGHUP, control API).
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use weir_config::{compile, Config, ConfigError, ConfigErrors, Endpoint, RouteTable};
+
+use crate::metrics::Metrics;
+use crate::revision::{EndpointSet, Revision};
+
+/// Everything a request needs, from one config generation.
+pub struct Snapshot {
+    pub generation: u64,
+    /// The config as last applied whole (endpoints as given then; see [`State::config_view`]).
+    pub config: Arc<Config>,
+    pub table: RouteTable,
+    /// Run-time revisions, indexed like `table.revisions()`.
+    pub revisions: Box<[Arc<Revision>]>,
+}
+
+/// Why an endpoints update was refused.
+#[derive(Debug)]
+pub enum EndpointsError {
+    UnknownRevision,
+    BadAddress(ConfigErrors),
+}
+
+/// (namespace, name) -> run-time revision.
+type Registry = HashMap<(Arc<str>, Arc<str>), Arc<Revision>>;
+
+pub struct State {
+    current: ArcSwap<Snapshot>,
+    /// (namespace, name) -> revision; entries survive config updates so in-flight counts and
+    /// held requests carry over.
+    registry: Mutex<Registry>,
+    generation: AtomicU64,
+    ready: AtomicBool,
+    /// Serialises updates so that generations are applied in order.
+    update_lock: Mutex<()>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl State {
+    /// A state with an empty config (generation 0, not ready).
+    pub fn new(metrics: Arc<Metrics>) -> Arc<State> {
+        let cfg = Config::empty();
+        let table = compile(&cfg).expect("the empty config compiles");
+        Arc::new(State {
+            current: ArcSwap::from_pointee(Snapshot {
+                generation: 0,
+                config: Arc::new(cfg),
+                table,
+                revisions: Box::new([]),
+            }),
+            registry: Mutex::new(HashMap::new()),
+            generation: AtomicU64::new(0),
+            ready: AtomicBool::new(false),
+            update_lock: Mutex::new(()),
+            metrics,
+        })
+    }
+
+    /// The snapshot in force. One load per request.
+    #[inline]
+    pub fn load(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.current.load()
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    /// Validates, compiles and publishes `cfg`. On error nothing changes.
+    pub fn apply(&self, cfg: Config, source: &str) -> Result<u64, ConfigErrors> {
+        let _updating = self.update_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let result = self.apply_locked(cfg);
+        self.metrics.config_update(source, result.is_ok());
+        if let Ok(g) = result {
+            log::info!("config generation {g} applied from {source}");
+        }
+        result
+    }
+
+    fn apply_locked(&self, cfg: Config) -> Result<u64, ConfigErrors> {
+        let table = compile(&cfg)?;
+        let resolved = resolve_all(&cfg)?;
+        let queue_depth = cfg.hold.queue_depth as usize;
+
+        let mut registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next: Registry = HashMap::with_capacity(table.revisions().len());
+        let mut revisions = Vec::with_capacity(table.revisions().len());
+        let mut to_update = Vec::with_capacity(table.revisions().len());
+        for (spec, addrs) in table.revisions().iter().zip(resolved) {
+            let key = (spec.namespace.clone(), spec.name.clone());
+            let rev = match registry.get(&key) {
+                Some(r) => r.clone(),
+                None => Revision::new(
+                    &spec.namespace,
+                    &spec.name,
+                    EndpointSet {
+                        endpoints: Box::new([]),
+                        container_concurrency: spec.container_concurrency,
+                        timeout: spec.timeout,
+                        protocol: spec.protocol,
+                        queue_depth,
+                    },
+                    self.metrics.clone(),
+                ),
+            };
+            to_update.push((rev.clone(), addrs, spec.clone()));
+            revisions.push(rev.clone());
+            next.insert(key, rev);
+        }
+        for (key, _) in registry.iter() {
+            if !next.contains_key(key) {
+                self.metrics.forget_revision(&key.0, &key.1);
+            }
+        }
+        *registry = next;
+        drop(registry);
+
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        self.current.store(Arc::new(Snapshot {
+            generation,
+            config: Arc::new(cfg),
+            table,
+            revisions: revisions.into_boxed_slice(),
+        }));
+        // Endpoints last: requests released by new capacity already see the new routes.
+        for (rev, addrs, spec) in to_update {
+            rev.update(
+                &addrs,
+                spec.container_concurrency,
+                spec.timeout,
+                spec.protocol,
+                queue_depth,
+            );
+        }
+        self.metrics.config_generation.set(generation as i64);
+        self.ready.store(true, Ordering::SeqCst);
+        Ok(generation)
+    }
+
+    /// Replaces one revision's endpoints without recompiling routes; wakes held requests.
+    pub fn set_endpoints(
+        &self,
+        namespace: &str,
+        name: &str,
+        endpoints: &[String],
+        source: &str,
+    ) -> Result<u64, EndpointsError> {
+        let _updating = self.update_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let rev = {
+            let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+            registry
+                .get(&(Arc::from(namespace), Arc::from(name)))
+                .cloned()
+                .ok_or(EndpointsError::UnknownRevision)?
+        };
+        let mut errors = Vec::new();
+        let mut addrs = Vec::with_capacity(endpoints.len());
+        for (i, e) in endpoints.iter().enumerate() {
+            match weir_config::parse_endpoint(e)
+                .map_err(|why| format!("{e:?}: {why}"))
+                .and_then(|ep| resolve(&ep))
+            {
+                Ok(a) => addrs.push(a),
+                Err(why) => errors.push(ConfigError::new(format!("endpoints[{i}]"), why)),
+            }
+        }
+        if !errors.is_empty() {
+            self.metrics.config_update(source, false);
+            return Err(EndpointsError::BadAddress(ConfigErrors(errors)));
+        }
+        addrs.dedup();
+        let set = rev.endpoint_set();
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        rev.update(
+            &addrs,
+            set.container_concurrency,
+            set.timeout,
+            set.protocol,
+            set.queue_depth,
+        );
+        self.metrics.config_generation.set(generation as i64);
+        self.metrics.config_update(source, true);
+        log::info!(
+            "generation {generation}: {namespace}/{name} has {} endpoint(s) (from {source})",
+            addrs.len()
+        );
+        Ok(generation)
+    }
+
+    /// The config in force, with each revision's current endpoints (which endpoint-only
+    /// updates change without replacing the snapshot).
+    pub fn config_view(&self) -> (u64, Config) {
+        let snap = self.snapshot();
+        let generation = self.generation();
+        let mut cfg = (*snap.config).clone();
+        for (r, rev) in cfg.revisions.iter_mut().zip(snap.revisions.iter()) {
+            r.endpoints = rev
+                .endpoints()
+                .endpoints
+                .iter()
+                .map(|e| e.addr.to_string())
+                .collect();
+        }
+        (generation, cfg)
+    }
+}
+
+/// Resolves every revision's endpoints; a name that does not resolve is an error with its path.
+fn resolve_all(cfg: &Config) -> Result<Vec<Vec<SocketAddr>>, ConfigErrors> {
+    let mut errors = Vec::new();
+    let mut out = Vec::with_capacity(cfg.revisions.len());
+    for (i, r) in cfg.revisions.iter().enumerate() {
+        let mut addrs = Vec::with_capacity(r.endpoints.len());
+        for (j, e) in r.endpoints.iter().enumerate() {
+            match weir_config::parse_endpoint(e)
+                .map_err(|w| format!("{e:?}: {w}"))
+                .and_then(|ep| resolve(&ep))
+            {
+                Ok(a) => addrs.push(a),
+                Err(why) => errors.push(ConfigError::new(
+                    format!("revisions[{i}].endpoints[{j}]"),
+                    why,
+                )),
+            }
+        }
+        out.push(addrs);
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+fn resolve(ep: &Endpoint) -> Result<SocketAddr, String> {
+    match ep {
+        Endpoint::Addr(a) => Ok(*a),
+        Endpoint::Name(host, port) => (host.as_str(), *port)
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve {host}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("{host} resolves to no address")),
+    }
+}
