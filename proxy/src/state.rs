@@ -23,6 +23,19 @@ pub struct Snapshot {
     pub revisions: Box<[Arc<Revision>]>,
 }
 
+/// What changed in a generation, for listeners such as the xDS server of `weir control`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A whole config was applied (routes may have changed).
+    Config { generation: u64 },
+    /// Only the endpoints of one revision changed.
+    Endpoints {
+        generation: u64,
+        namespace: Arc<str>,
+        name: Arc<str>,
+    },
+}
+
 /// Why an endpoints update was refused.
 #[derive(Debug)]
 pub enum EndpointsError {
@@ -42,6 +55,7 @@ pub struct State {
     ready: AtomicBool,
     /// Serialises updates so that generations are applied in order.
     update_lock: Mutex<()>,
+    changes: tokio::sync::broadcast::Sender<Change>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -61,6 +75,7 @@ impl State {
             generation: AtomicU64::new(0),
             ready: AtomicBool::new(false),
             update_lock: Mutex::new(()),
+            changes: tokio::sync::broadcast::channel(1024).0,
             metrics,
         })
     }
@@ -77,6 +92,17 @@ impl State {
 
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Every applied change from now on. A receiver that lags behind gets `Lagged` and should
+    /// resynchronise from [`State::config_view`].
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+
+    /// Marks the proxy not ready (e.g. until the first xDS sync) or ready.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
     }
 
     pub fn is_ready(&self) -> bool {
@@ -151,6 +177,7 @@ impl State {
         }
         self.metrics.config_generation.set(generation as i64);
         self.ready.store(true, Ordering::SeqCst);
+        let _ = self.changes.send(Change::Config { generation });
         Ok(generation)
     }
 
@@ -197,6 +224,11 @@ impl State {
         );
         self.metrics.config_generation.set(generation as i64);
         self.metrics.config_update(source, true);
+        let _ = self.changes.send(Change::Endpoints {
+            generation,
+            namespace: rev.namespace.clone(),
+            name: rev.name.clone(),
+        });
         log::info!(
             "generation {generation}: {namespace}/{name} has {} endpoint(s) (from {source})",
             addrs.len()
