@@ -29,7 +29,8 @@ pub use error::{ConfigError, ConfigErrors};
 pub use model::Config;
 pub use split::{RevisionId, Split, Target};
 pub use table::{
-    compile, normalize_host, HostError, HostRoute, Listener, PathRoute, RevisionSpec, RouteTable,
+    compile, normalize_host, AffinityMode, HostError, HostRoute, Listener, PathRoute, RevisionSpec,
+    RouteTable,
 };
 pub use validate::{parse_endpoint, validate, Endpoint};
 

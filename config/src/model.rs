@@ -134,6 +134,9 @@ pub struct Service {
     // reported as an unknown field together with every other error, not alone as "missing".
     #[serde(default)]
     pub traffic: Vec<TrafficTarget>,
+    /// Keeps a user on one revision across the weighted split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
     #[serde(flatten, skip_serializing)]
     pub unknown: Unknown,
 }
@@ -187,6 +190,30 @@ pub struct PathRule {
     pub rewrite_host: Option<String>,
     #[serde(default)]
     pub splits: Vec<Split>,
+    /// Keeps a user on one revision across the weighted split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+/// Revision stickiness for a split: by a request header (a pure function of its value and the
+/// weights, the same on every replica) or by a cookie the proxy sets. Exactly one of `header`
+/// and `cookie`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Affinity {
+    /// Header whose value keys the choice, e.g. `x-user-id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// Cookie that remembers the revision, e.g. `weir-rev`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<String>,
+    /// Cookie lifetime (`Max-Age`); default 24h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<Duration>,
+    /// With `cookie`: also stay on the same endpoint while it exists and has a free slot.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub instance_affinity: bool,
     #[serde(flatten, skip_serializing)]
     pub unknown: Unknown,
 }

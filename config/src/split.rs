@@ -20,6 +20,24 @@ pub struct Target {
     pub tag: Option<HeaderValue>,
     /// Headers set on the upstream request after the split (post-split `append_headers`).
     pub append_headers: Arc<[(HeaderName, HeaderValue)]>,
+    /// The revision's name, as a sticky cookie names it.
+    pub name: Arc<str>,
+    /// Stable per-revision seed for rendezvous hashing: a hash of `namespace/name`, so a
+    /// target keeps its scores when other targets or the order change.
+    pub seed: u64,
+}
+
+impl Target {
+    pub fn new(revision: RevisionId, namespace: &str, name: &str, percent: u32) -> Target {
+        Target {
+            revision,
+            percent,
+            tag: None,
+            append_headers: Arc::new([]),
+            name: name.into(),
+            seed: stable_hash(format!("{namespace}/{name}").as_bytes()),
+        }
+    }
 }
 
 /// A weighted split over [`Target`]s.
@@ -67,6 +85,56 @@ impl Split {
     pub fn targets(&self) -> &[Target] {
         &self.targets
     }
+
+    /// Weighted rendezvous (highest random weight) choice for `key`: each target with a
+    /// percent above 0 scores `-ln(u) / percent`, with `u` a stable hash of key and target in
+    /// (0, 1); the lowest score wins. The result depends only on the key, the targets'
+    /// names and their weights, so every replica agrees; raising one target's weight only
+    /// lowers its own scores, so keys move only towards it (the fewest that can move).
+    #[inline]
+    pub fn pick_by_key(&self, key: &[u8]) -> &Target {
+        let k = stable_hash(key);
+        let mut best = &self.targets[usize::from(self.slots[0])];
+        let mut best_score = f64::INFINITY;
+        for t in self.targets.iter().filter(|t| t.percent > 0) {
+            let h = mix(k ^ t.seed);
+            // 53 random bits, shifted into (0, 1]: never 0, so ln is finite.
+            let u = ((h >> 11) + 1) as f64 / (1u64 << 53) as f64;
+            let score = -u.ln() / f64::from(t.percent);
+            if score < best_score {
+                best_score = score;
+                best = t;
+            }
+        }
+        best
+    }
+
+    /// The target of revision `name` if it is in this split with a percent above 0.
+    #[inline]
+    pub fn live_target(&self, name: &[u8]) -> Option<&Target> {
+        self.targets
+            .iter()
+            .find(|t| t.percent > 0 && t.name.as_bytes() == name)
+    }
+}
+
+/// FNV-1a 64 then a splitmix64 finaliser: stable across processes, builds and platforms
+/// (unlike the std hasher, which is seeded per process), and well mixed.
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    mix(h)
+}
+
+#[inline]
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 #[cfg(test)]
@@ -74,12 +142,69 @@ mod tests {
     use super::*;
 
     fn target(rev: u32, percent: u32) -> Target {
-        Target {
-            revision: RevisionId(rev),
-            percent,
-            tag: None,
-            append_headers: Arc::new([]),
+        Target::new(RevisionId(rev), "default", &format!("rev-{rev}"), percent)
+    }
+
+    fn split(percents: &[u32]) -> Split {
+        Split::new(
+            percents
+                .iter()
+                .enumerate()
+                .map(|(i, p)| target(i as u32, *p))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn rendezvous_shares_follow_weights() {
+        let s = split(&[90, 10]);
+        let n = 20_000;
+        let canary = (0..n)
+            .filter(|i| s.pick_by_key(format!("user-{i}").as_bytes()).revision.0 == 1)
+            .count();
+        let share = canary as f64 / f64::from(n);
+        assert!((share - 0.10).abs() < 0.01, "share {share}");
+    }
+
+    #[test]
+    fn raising_the_canary_moves_only_stable_keys() {
+        let steps = [split(&[90, 10]), split(&[80, 20]), split(&[50, 50])];
+        let n = 20_000;
+        let keys: Vec<String> = (0..n).map(|i| format!("user-{i}")).collect();
+        let picks: Vec<Vec<u32>> = steps
+            .iter()
+            .map(|s| {
+                keys.iter()
+                    .map(|k| s.pick_by_key(k.as_bytes()).revision.0)
+                    .collect()
+            })
+            .collect();
+        for w in picks.windows(2) {
+            let back = w[0]
+                .iter()
+                .zip(&w[1])
+                .filter(|(a, b)| **a == 1 && **b == 0)
+                .count();
+            assert_eq!(back, 0, "no canary key goes back to stable");
         }
+        // 90->80: 1/9 of stable keys move; 80->50: 3/8 of them.
+        let moved = |a: &[u32], b: &[u32]| {
+            a.iter()
+                .zip(b)
+                .filter(|(x, y)| **x == 0 && **y == 1)
+                .count() as f64
+                / a.iter().filter(|x| **x == 0).count() as f64
+        };
+        assert!((moved(&picks[0], &picks[1]) - 1.0 / 9.0).abs() < 0.02);
+        assert!((moved(&picks[1], &picks[2]) - 3.0 / 8.0).abs() < 0.02);
+    }
+
+    #[test]
+    fn zero_percent_targets_never_win_by_key() {
+        let s = split(&[100, 0]);
+        assert!((0..1000).all(|i| s.pick_by_key(format!("{i}").as_bytes()).revision.0 == 0));
+        assert!(s.live_target(b"rev-1").is_none());
+        assert!(s.live_target(b"rev-0").is_some());
     }
 
     #[test]

@@ -44,9 +44,10 @@ pub struct HostRoute {
     pub external: bool,
     /// `namespace/name` of the service or ingress that owns the host.
     pub owner: Arc<str>,
-    pub paths: Box<[PathRoute]>,
+    /// Shared by every host of the same service or rule.
+    pub paths: Arc<[PathRoute]>,
     /// For `tag_header_routing` on a service's default hosts: tag -> its target.
-    pub tags: Box<[(Box<str>, Target)]>,
+    pub tags: Arc<[(Box<str>, Target)]>,
 }
 
 /// One path rule: a prefix, exact header matches, and where matching requests go.
@@ -58,6 +59,56 @@ pub struct PathRoute {
     pub append_headers: Arc<[(HeaderName, HeaderValue)]>,
     pub rewrite_host: Option<HeaderValue>,
     pub split: Split,
+    pub affinity: Option<AffinityMode>,
+}
+
+/// Compiled revision stickiness of a path rule (see [`crate::model::Affinity`]).
+#[derive(Debug, Clone)]
+pub enum AffinityMode {
+    /// The revision is [`Split::pick_by_key`] of this header's value.
+    Header(HeaderName),
+    /// The revision is remembered in a cookie the proxy sets.
+    Cookie {
+        name: Box<str>,
+        max_age_secs: u64,
+        /// Also remember the endpoint (`<revision>/<ip:port>`).
+        instance: bool,
+    },
+}
+
+impl PathRoute {
+    fn catch_all(split: Split, affinity: Option<AffinityMode>) -> PathRoute {
+        PathRoute {
+            prefix: "".into(),
+            headers: Box::new([]),
+            append_headers: Arc::new([]),
+            rewrite_host: None,
+            split,
+            affinity,
+        }
+    }
+}
+
+/// Default lifetime of an affinity cookie.
+pub const DEFAULT_AFFINITY_TTL: Duration = Duration::from_secs(24 * 3600);
+
+fn compile_affinity(a: &crate::model::Affinity) -> AffinityMode {
+    match (&a.header, &a.cookie) {
+        (Some(h), _) => AffinityMode::Header(
+            HeaderName::from_bytes(h.as_bytes()).unwrap_or(HeaderName::from_static("x-user-id")),
+        ),
+        (None, c) => AffinityMode::Cookie {
+            name: c.as_deref().unwrap_or("weir-rev").into(),
+            max_age_secs: a
+                .ttl
+                .as_ref()
+                .and_then(|t| t.get())
+                .unwrap_or(DEFAULT_AFFINITY_TTL)
+                .as_secs()
+                .max(1),
+            instance: a.instance_affinity,
+        },
+    }
 }
 
 /// The immutable routing snapshot of one config generation.
@@ -244,58 +295,61 @@ fn compile_valid(cfg: &Config) -> RouteTable {
 
     for (i, svc) in cfg.services.iter().enumerate() {
         let owner: Arc<str> = format!("{}/{}", svc.namespace, svc.name).into();
-        let targets: Vec<Target> = svc
-            .traffic
-            .iter()
-            .map(|t| Target {
-                revision: rev(&svc.namespace, &t.revision),
-                percent: t.percent,
-                tag: None,
-                append_headers: Arc::new([]),
-            })
-            .collect();
+        let target = |t: &crate::model::TrafficTarget, percent: u32| {
+            Target::new(
+                rev(&svc.namespace, &t.revision),
+                &svc.namespace,
+                &t.revision,
+                percent,
+            )
+        };
         let tag_target = |t: usize| {
             let tt = &svc.traffic[t];
-            Target {
-                revision: rev(&svc.namespace, &tt.revision),
-                percent: 100,
-                tag: tt
-                    .tag
-                    .as_deref()
-                    .and_then(|s| HeaderValue::from_str(s).ok()),
-                append_headers: Arc::new([]),
-            }
+            let mut target = target(tt, 100);
+            target.tag = tt
+                .tag
+                .as_deref()
+                .and_then(|s| HeaderValue::from_str(s).ok());
+            target
         };
-        let tags: Vec<(Box<str>, Target)> = svc
+        let affinity = svc.affinity.as_ref().map(compile_affinity);
+        let split = Split::new(svc.traffic.iter().map(|t| target(t, t.percent)).collect());
+        // One route shared by every host that sends to the split, one per tag host.
+        let split_paths: Arc<[PathRoute]> = Arc::new([PathRoute::catch_all(split, affinity)]);
+        let tag_paths: Vec<Option<Arc<[PathRoute]>>> = svc
             .traffic
             .iter()
             .enumerate()
-            .filter_map(|(t, tt)| Some((tt.tag.as_deref()?.into(), tag_target(t))))
+            .map(|(t, tt)| {
+                tt.tag.as_ref().map(|_| {
+                    Arc::new([PathRoute::catch_all(Split::new(vec![tag_target(t)]), None)])
+                        as Arc<[PathRoute]>
+                })
+            })
             .collect();
+        let tags: Arc<[(Box<str>, Target)]> = if cfg.tag_header_routing {
+            svc.traffic
+                .iter()
+                .enumerate()
+                .filter_map(|(t, tt)| Some((tt.tag.as_deref()?.into(), tag_target(t))))
+                .collect()
+        } else {
+            Arc::new([])
+        };
         for h in hosts::service_hosts(cfg, svc, i) {
-            let (split, host_tags) = match h.target {
-                HostTarget::Split => (
-                    Split::new(targets.clone()),
-                    if cfg.tag_header_routing {
-                        tags.clone().into_boxed_slice()
-                    } else {
-                        Box::new([]) as Box<[_]>
-                    },
+            let (paths, host_tags) = match h.target {
+                HostTarget::Split => (split_paths.clone(), tags.clone()),
+                HostTarget::Tag(t) => (
+                    tag_paths[t].clone().unwrap_or_else(|| split_paths.clone()),
+                    Arc::new([]) as Arc<[_]>,
                 ),
-                HostTarget::Tag(t) => (Split::new(vec![tag_target(t)]), Box::new([]) as Box<[_]>),
             };
             hosts.insert(
                 normalize_owned(&h.host).into_boxed_str(),
                 HostRoute {
                     external: !h.internal_only,
                     owner: owner.clone(),
-                    paths: Box::new([PathRoute {
-                        prefix: "".into(),
-                        headers: Box::new([]),
-                        append_headers: Arc::new([]),
-                        rewrite_host: None,
-                        split,
-                    }]),
+                    paths,
                     tags: host_tags,
                 },
             );
@@ -305,7 +359,7 @@ fn compile_valid(cfg: &Config) -> RouteTable {
     for ing in &cfg.ingresses {
         let owner: Arc<str> = format!("{}/{}", ing.namespace, ing.name).into();
         for rule in &ing.rules {
-            let paths: Vec<PathRoute> = rule
+            let paths: Arc<[PathRoute]> = rule
                 .paths
                 .iter()
                 .map(|p| PathRoute {
@@ -319,20 +373,18 @@ fn compile_valid(cfg: &Config) -> RouteTable {
                     split: Split::new(
                         p.splits
                             .iter()
-                            .map(|s| Target {
-                                revision: rev(
-                                    s.namespace.as_deref().unwrap_or(&ing.namespace),
-                                    &s.revision,
-                                ),
-                                percent: s.percent,
-                                tag: None,
-                                append_headers: header_pairs(&s.append_headers),
+                            .map(|s| {
+                                let ns = s.namespace.as_deref().unwrap_or(&ing.namespace);
+                                let mut t =
+                                    Target::new(rev(ns, &s.revision), ns, &s.revision, s.percent);
+                                t.append_headers = header_pairs(&s.append_headers);
+                                t
                             })
                             .collect(),
                     ),
+                    affinity: p.affinity.as_ref().map(compile_affinity),
                 })
                 .collect();
-            let paths: Box<[PathRoute]> = paths.into_boxed_slice();
             let external = rule.visibility == Visibility::External;
             for host in &rule.hosts {
                 hosts.insert(
@@ -341,7 +393,7 @@ fn compile_valid(cfg: &Config) -> RouteTable {
                         external,
                         owner: owner.clone(),
                         paths: paths.clone(),
-                        tags: Box::new([]),
+                        tags: Arc::new([]),
                     },
                 );
             }

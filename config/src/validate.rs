@@ -310,7 +310,7 @@ impl Validator {
         self.unknown(
             &at,
             &svc.unknown,
-            "name, namespace, visibility, hosts, traffic",
+            "name, namespace, visibility, hosts, traffic, affinity",
         );
         self.label(&format!("{at}.name"), "service name", &svc.name);
         self.label(&format!("{at}.namespace"), "namespace", &svc.namespace);
@@ -342,6 +342,51 @@ impl Validator {
         }
         let percents: Vec<u32> = svc.traffic.iter().map(|t| t.percent).collect();
         self.percents(&format!("{at}.traffic"), "percent", &percents);
+        if let Some(a) = &svc.affinity {
+            self.affinity(&format!("{at}.affinity"), a);
+        }
+    }
+
+    fn affinity(&mut self, path: &str, a: &Affinity) {
+        self.unknown(path, &a.unknown, "header, cookie, ttl, instance_affinity");
+        match (&a.header, &a.cookie) {
+            (Some(_), Some(_)) | (None, None) => self.err(
+                path,
+                "set exactly one of header (e.g. header: x-user-id) or cookie (e.g. cookie: weir-rev)",
+            ),
+            (Some(h), None) => {
+                if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                    self.err(format!("{path}.header"), format!("{h:?} is not a valid header name"));
+                }
+                if a.ttl.is_some() {
+                    self.err(format!("{path}.ttl"), "ttl applies to cookie affinity only");
+                }
+                if a.instance_affinity {
+                    self.err(
+                        format!("{path}.instance_affinity"),
+                        "instance affinity needs cookie affinity",
+                    );
+                }
+            }
+            (None, Some(c)) => {
+                let token = !c.is_empty()
+                    && c.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+                if !token {
+                    self.err(
+                        format!("{path}.cookie"),
+                        format!("{c:?} is not a valid cookie name (letters, digits, -_.)"),
+                    );
+                }
+            }
+        }
+        if let Some(t) = &a.ttl {
+            let p = format!("{path}.ttl");
+            if let Some(d) = self.duration(&p, t) {
+                if d.as_secs() == 0 {
+                    self.err(p, "must be at least 1s");
+                }
+            }
+        }
     }
 
     fn ingress(&mut self, i: usize, ing: &Ingress, revs: &HashMap<(&str, &str), usize>) {
@@ -369,7 +414,7 @@ impl Validator {
                 self.unknown(
                     &pp,
                     &path.unknown,
-                    "path, headers, append_headers, rewrite_host, splits",
+                    "path, headers, append_headers, rewrite_host, splits, affinity",
                 );
                 if !(path.path.is_empty() || path.path.starts_with('/')) {
                     self.err(
@@ -403,6 +448,9 @@ impl Validator {
                 }
                 let percents: Vec<u32> = path.splits.iter().map(|s| s.percent).collect();
                 self.percents(&format!("{pp}.splits"), "percent", &percents);
+                if let Some(a) = &path.affinity {
+                    self.affinity(&format!("{pp}.affinity"), a);
+                }
             }
         }
     }

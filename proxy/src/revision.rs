@@ -232,6 +232,25 @@ impl Revision {
         })
     }
 
+    /// Takes a slot on the endpoint at `addr` if it exists, has a free slot and nobody is
+    /// queued (instance affinity: best effort).
+    pub fn try_acquire_at(self: &Arc<Self>, addr: SocketAddr) -> Option<Slot> {
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            return None;
+        }
+        let set = self.set.load();
+        let endpoint = set.endpoints.iter().find(|e| e.addr == addr)?;
+        if !endpoint.try_take(set.container_concurrency) {
+            return None;
+        }
+        self.in_flight_gauge().inc();
+        Some(Slot {
+            endpoint: endpoint.clone(),
+            revision: self.clone(),
+            armed: true,
+        })
+    }
+
     /// Takes a slot, waiting in the FIFO queue up to the revision's timeout when none is free.
     /// `avoid` lists endpoints that just failed to connect; they are used only as a last resort.
     pub async fn acquire(self: &Arc<Self>, avoid: &[SocketAddr]) -> Result<Slot, HoldError> {

@@ -19,7 +19,7 @@ use pingora::prelude::*;
 use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora::proxy::FailToProxy;
 use weir_config::model::Protocol;
-use weir_config::Listener;
+use weir_config::{AffinityMode, Listener};
 
 use crate::revision::{HoldError, Revision, Slot};
 use crate::state::State;
@@ -86,6 +86,34 @@ pub struct Ctx {
     tried: [Option<SocketAddr>; MAX_CONNECT_ATTEMPTS],
     attempts: usize,
     failure: Option<Failure>,
+    /// Cookie affinity of this request, if its route has it.
+    sticky: Option<Box<Sticky>>,
+}
+
+/// What cookie affinity needs between routing and the response.
+struct Sticky {
+    cookie: Box<str>,
+    max_age_secs: u64,
+    instance: bool,
+    /// The endpoint the cookie remembers (instance affinity).
+    preferred: Option<SocketAddr>,
+    /// Set a new cookie on the response.
+    must_set: bool,
+    revision: Arc<str>,
+    endpoint: Option<SocketAddr>,
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers.
+fn cookie_value<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a [u8]> {
+    req.headers
+        .get_all(header::COOKIE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+        .find_map(|pair| {
+            let pair = pair.trim_ascii();
+            let eq = pair.iter().position(|&b| b == b'=')?;
+            (pair[..eq].trim_ascii() == name.as_bytes()).then(|| pair[eq + 1..].trim_ascii())
+        })
 }
 
 /// What routing decided, before any response is written.
@@ -132,7 +160,47 @@ impl WeirProxy {
                 .filter(|t| !t.is_empty())
                 .and_then(|t| route.tag_target(t))
         };
-        let target = by_tag.unwrap_or_else(|| rule.split.pick());
+        let target = match by_tag {
+            Some(t) => t,
+            None => match &rule.affinity {
+                None => rule.split.pick(),
+                Some(AffinityMode::Header(name)) => match req.headers.get(name) {
+                    Some(key) if !key.is_empty() => rule.split.pick_by_key(key.as_bytes()),
+                    _ => rule.split.pick(),
+                },
+                Some(AffinityMode::Cookie {
+                    name,
+                    max_age_secs,
+                    instance,
+                }) => {
+                    let cookie = cookie_value(req, name);
+                    let (rev_part, endpoint_part) = match cookie {
+                        Some(v) => match v.iter().position(|&b| b == b'/') {
+                            Some(i) => (Some(&v[..i]), Some(&v[i + 1..])),
+                            None => (Some(v), None),
+                        },
+                        None => (None, None),
+                    };
+                    // A cookie naming a revision outside the split (or at 0 percent) is
+                    // ignored and replaced: it can never route anywhere the split does not.
+                    let remembered = rev_part.and_then(|r| rule.split.live_target(r));
+                    let target = remembered.unwrap_or_else(|| rule.split.pick());
+                    ctx.sticky = Some(Box::new(Sticky {
+                        cookie: name.clone(),
+                        max_age_secs: *max_age_secs,
+                        instance: *instance,
+                        preferred: endpoint_part
+                            .filter(|_| remembered.is_some())
+                            .and_then(|e| std::str::from_utf8(e).ok())
+                            .and_then(|e| e.parse().ok()),
+                        must_set: remembered.is_none(),
+                        revision: target.name.clone(),
+                        endpoint: None,
+                    }));
+                    target
+                }
+            },
+        };
         let Some(rev) = snap.revisions.get(target.revision.0 as usize) else {
             return Decision::Respond(500, "internal routing error\n".into());
         };
@@ -160,6 +228,16 @@ impl WeirProxy {
             n += 1;
         }
         let avoid = &buf[..n];
+        if let Some(addr) = ctx
+            .sticky
+            .as_ref()
+            .filter(|s| s.instance && n == 0)
+            .and_then(|s| s.preferred)
+        {
+            if let Some(slot) = rev.try_acquire_at(addr) {
+                return Ok(slot);
+            }
+        }
         if let Some(slot) = rev.try_acquire(avoid) {
             return Ok(slot);
         }
@@ -216,6 +294,7 @@ impl ProxyHttp for WeirProxy {
             tried: [None; MAX_CONNECT_ATTEMPTS],
             attempts: 0,
             failure: None,
+            sticky: None,
         }
     }
 
@@ -241,6 +320,12 @@ impl ProxyHttp for WeirProxy {
             }
         };
         let addr = slot.addr();
+        if let Some(sticky) = ctx.sticky.as_mut().filter(|s| s.instance) {
+            if sticky.preferred != Some(addr) {
+                sticky.must_set = true;
+            }
+            sticky.endpoint = Some(addr);
+        }
         if ctx.attempts < MAX_CONNECT_ATTEMPTS {
             ctx.tried[ctx.attempts] = Some(addr);
         }
@@ -285,6 +370,26 @@ impl ProxyHttp for WeirProxy {
         }
         if let Some(host) = &ctx.rewrite_host {
             req.insert_header(header::HOST, host.clone())?;
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(sticky) = ctx.sticky.as_ref().filter(|s| s.must_set) {
+            let value = match sticky.endpoint.filter(|_| sticky.instance) {
+                Some(ep) => format!("{}/{ep}", sticky.revision),
+                None => sticky.revision.to_string(),
+            };
+            let cookie = format!(
+                "{}={value}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax",
+                sticky.cookie, sticky.max_age_secs
+            );
+            resp.append_header(header::SET_COOKIE, cookie)?;
         }
         Ok(())
     }

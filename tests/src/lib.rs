@@ -1,0 +1,38 @@
+//! Harness for Weir's integration tests: everything talks over real sockets on 127.0.0.1.
+//!
+//! - [`Weir`]: a real `weir proxy` process on free ports, ready before it is handed out,
+//!   killed on drop, its output printed when a test panics.
+//! - [`Backend`]: a revision stand-in (hyper, HTTP/1.1 keep-alive) that echoes what it
+//!   received as JSON and counts requests and concurrency.
+//! - [`client`]: requests with an explicit `Host`, a raw HTTP/1.1 client for headers a
+//!   normal client would not send, and admin / metrics helpers.
+
+pub mod backend;
+pub mod client;
+pub mod metrics;
+pub mod weir;
+
+pub use backend::Backend;
+pub use client::{dead_endpoint, dead_port, get, new_client, raw_request, send, Response};
+pub use metrics::{parse_metrics, Sample};
+pub use weir::{free_port, Signal, Weir, WeirBuilder};
+
+/// Path of the `weir` binary built from this crate (`weir-under-test`).
+///
+/// A macro because Cargo sets `CARGO_BIN_EXE_*` only when it compiles an integration test,
+/// not when it compiles this library.
+#[macro_export]
+macro_rules! weir_bin {
+    () => {
+        env!("CARGO_BIN_EXE_weir-under-test")
+    };
+}
+
+/// Starts a `weir proxy` with `config` (a [`serde_json::Value`]), on free ports, and waits
+/// until it is ready. Panics (with the process output) when it does not get ready.
+#[macro_export]
+macro_rules! start_weir {
+    ($config:expr) => {
+        $crate::Weir::start($crate::weir_bin!(), &$config)
+    };
+}

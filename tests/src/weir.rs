@@ -1,0 +1,304 @@
+//! A `weir proxy` process under test.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub use nix::sys::signal::Signal;
+
+/// How long a fresh process may take to answer `GET /readyz` with 200.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+const POLL: Duration = Duration::from_millis(20);
+/// How much of each output file is printed when a test fails.
+const LOG_TAIL: usize = 64 * 1024;
+
+/// A port that was free a moment ago: bound on 127.0.0.1:0, read, released.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// `n` distinct free addresses on 127.0.0.1 (all held at once while they are picked).
+fn free_addrs<const N: usize>() -> [SocketAddr; N] {
+    let listeners: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
+        .collect();
+    std::array::from_fn(|i| listeners[i].local_addr().expect("local_addr"))
+}
+
+// === impl WeirBuilder ===
+
+/// Options of a [`Weir`] before it starts.
+pub struct WeirBuilder {
+    bin: PathBuf,
+    config: serde_json::Value,
+    args: Vec<String>,
+    ready_timeout: Duration,
+}
+
+impl WeirBuilder {
+    /// An extra command-line argument after the generated ones.
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    pub fn ready_timeout(mut self, t: Duration) -> Self {
+        self.ready_timeout = t;
+        self
+    }
+
+    /// Spawns the process and waits until it is ready; one retry on new ports when the
+    /// process died at start (another process may have taken a port in between).
+    pub fn start(self) -> Weir {
+        let dir = tempfile::Builder::new()
+            .prefix("weir-test-")
+            .tempdir()
+            .expect("create a temp dir");
+        let config_path = dir.path().join("weir.json");
+        let text = serde_json::to_vec_pretty(&self.config).expect("serialise the config");
+        fs::write(&config_path, text).expect("write the config");
+
+        let mut dir = Some(dir);
+        for attempt in 0..2 {
+            let [http, internal, admin] = free_addrs::<3>();
+            let stdout_path = dir
+                .as_ref()
+                .unwrap()
+                .path()
+                .join(format!("stdout.{attempt}.log"));
+            let stderr_path = dir
+                .as_ref()
+                .unwrap()
+                .path()
+                .join(format!("stderr.{attempt}.log"));
+            let child = Command::new(&self.bin)
+                .arg("proxy")
+                .arg("--config")
+                .arg(&config_path)
+                .arg("--http")
+                .arg(http.to_string())
+                .arg("--internal")
+                .arg(internal.to_string())
+                .arg("--admin")
+                .arg(admin.to_string())
+                .args(&self.args)
+                .stdin(Stdio::null())
+                .stdout(File::create(&stdout_path).expect("create stdout log"))
+                .stderr(File::create(&stderr_path).expect("create stderr log"))
+                .spawn()
+                .unwrap_or_else(|e| panic!("spawn {}: {e}", self.bin.display()));
+            let mut weir = Weir {
+                child,
+                dir: dir.take(),
+                config_path: config_path.clone(),
+                stdout_path,
+                stderr_path,
+                http,
+                internal,
+                admin,
+                status: None,
+            };
+            match weir.wait_ready(self.ready_timeout) {
+                Ok(()) => return weir,
+                Err(Some(status)) if attempt == 0 => {
+                    eprintln!("weir exited at start ({status}); retrying on new ports");
+                    weir.print_logs();
+                    dir = weir.dir.take();
+                }
+                Err(Some(status)) => panic!("weir exited at start: {status}"),
+                Err(None) => panic!(
+                    "weir did not answer 200 on GET {}/readyz within {:?}",
+                    weir.admin_url(),
+                    self.ready_timeout
+                ),
+            }
+        }
+        unreachable!("the second attempt returns or panics")
+    }
+}
+
+// === impl Weir ===
+
+/// A running `weir proxy` on 127.0.0.1 (http, internal and admin listeners on free ports).
+/// Killed on drop; its stdout and stderr are printed when the test is panicking.
+pub struct Weir {
+    child: Child,
+    /// Holds the config and the logs; removed on drop.
+    dir: Option<tempfile::TempDir>,
+    config_path: PathBuf,
+    stdout_path: PathBuf,
+    stderr_path: PathBuf,
+    http: SocketAddr,
+    internal: SocketAddr,
+    admin: SocketAddr,
+    status: Option<ExitStatus>,
+}
+
+impl Weir {
+    /// Starts `bin proxy` with `config` (written as JSON) and waits until it is ready.
+    /// Use [`crate::start_weir!`] to get `bin` right.
+    pub fn start(bin: impl AsRef<Path>, config: &serde_json::Value) -> Weir {
+        Weir::builder(bin, config).start()
+    }
+
+    pub fn builder(bin: impl AsRef<Path>, config: &serde_json::Value) -> WeirBuilder {
+        WeirBuilder {
+            bin: bin.as_ref().to_owned(),
+            config: config.clone(),
+            args: Vec::new(),
+            ready_timeout: READY_TIMEOUT,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT` of the external listener (no trailing slash).
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.http)
+    }
+
+    /// `http://127.0.0.1:PORT` of the internal (cluster-local) listener.
+    pub fn internal_url(&self) -> String {
+        format!("http://{}", self.internal)
+    }
+
+    /// `http://127.0.0.1:PORT` of the admin listener.
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin)
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http
+    }
+
+    pub fn internal_addr(&self) -> SocketAddr {
+        self.internal
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `sig` to the process.
+    pub fn signal(&self, sig: Signal) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.pid()).expect("pid fits i32"));
+        nix::sys::signal::kill(pid, sig).unwrap_or_else(|e| panic!("kill -{sig} {pid}: {e}"));
+    }
+
+    /// Waits up to `timeout` for the process to exit; `None` if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_status() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The exit status, if the process has exited.
+    pub fn try_status(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().expect("try_wait");
+        }
+        self.status
+    }
+
+    /// What the process wrote to stdout and stderr so far.
+    pub fn logs(&self) -> String {
+        format!(
+            "{}{}",
+            fs::read_to_string(&self.stdout_path).unwrap_or_default(),
+            fs::read_to_string(&self.stderr_path).unwrap_or_default()
+        )
+    }
+
+    pub fn print_logs(&self) {
+        for (name, path) in [("stdout", &self.stdout_path), ("stderr", &self.stderr_path)] {
+            let text = fs::read(path).unwrap_or_default();
+            let tail = &text[text.len().saturating_sub(LOG_TAIL)..];
+            eprintln!(
+                "----- weir (pid {}) {name} -----\n{}\n----- end of weir {name} -----",
+                self.pid(),
+                String::from_utf8_lossy(tail)
+            );
+        }
+    }
+
+    /// Ready: `GET /readyz` answers 200 and both data-plane listeners accept connections.
+    /// `Err(Some(status))` when the process exited, `Err(None)` on timeout.
+    fn wait_ready(&mut self, timeout: Duration) -> Result<(), Option<ExitStatus>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_status() {
+                return Err(Some(status));
+            }
+            let ready = matches!(blocking_get(self.admin, "/readyz"), Ok((200, _)))
+                && connects(self.http)
+                && connects(self.internal);
+            if ready {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(None);
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+}
+
+impl Drop for Weir {
+    fn drop(&mut self) {
+        if self.try_status().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            self.print_logs();
+        }
+    }
+}
+
+fn connects(addr: SocketAddr) -> bool {
+    TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
+}
+
+/// A one-shot `GET` over a fresh connection, blocking: (status, body). For readiness
+/// polling, where no async runtime may be around.
+pub fn blocking_get(addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.set_write_timeout(Some(Duration::from_secs(2)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no status line"))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}

@@ -1,0 +1,134 @@
+//! What the upstream request carries (CONTRACT.md §3, "Upstream request headers").
+
+use serde_json::json;
+use weir_tests::{get, raw_request, start_weir, Backend, Weir};
+
+const HOST: &str = "hello.default.example.com";
+
+fn hello(backend: &Backend) -> Weir {
+    start_weir!(json!({
+        "services": [{"name": "hello", "traffic": [
+            {"revision": "hello-00001", "percent": 100},
+        ]}],
+        "revisions": [{"name": "hello-00001", "endpoints": [backend.endpoint()]}],
+    }))
+}
+
+#[tokio::test]
+async fn knative_headers_overwrite_client_values() {
+    let backend = Backend::start("hello-00001");
+    let weir = hello(&backend);
+    let url = format!("{}/", weir.http_url());
+
+    let r = get(&url, HOST, &[]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        r.upstream_header("knative-serving-revision").as_deref(),
+        Some("hello-00001")
+    );
+    assert_eq!(
+        r.upstream_header("knative-serving-namespace").as_deref(),
+        Some("default")
+    );
+
+    let r = get(
+        &url,
+        HOST,
+        &[
+            ("Knative-Serving-Revision", "evil-00001"),
+            ("Knative-Serving-Namespace", "evil"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        r.upstream_header("knative-serving-revision").as_deref(),
+        Some("hello-00001")
+    );
+    assert_eq!(
+        r.upstream_header("knative-serving-namespace").as_deref(),
+        Some("default")
+    );
+}
+
+#[tokio::test]
+async fn forwarded_headers() {
+    let backend = Backend::start("hello-00001");
+    let weir = hello(&backend);
+    let url = format!("{}/", weir.http_url());
+
+    let r = get(&url, HOST, &[]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        r.upstream_header("x-forwarded-for").as_deref(),
+        Some("127.0.0.1")
+    );
+    assert_eq!(
+        r.upstream_header("x-forwarded-proto").as_deref(),
+        Some("http")
+    );
+
+    // Appended to what the client sent.
+    let r = get(&url, HOST, &[("X-Forwarded-For", "10.1.2.3")]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let xff = r.upstream_header("x-forwarded-for").unwrap_or_default();
+    let hops: Vec<&str> = xff.split(',').map(str::trim).collect();
+    assert_eq!(hops, ["10.1.2.3", "127.0.0.1"], "X-Forwarded-For: {xff:?}");
+    assert_eq!(
+        r.upstream_header("x-forwarded-proto").as_deref(),
+        Some("http")
+    );
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_dropped_and_host_is_kept() {
+    let backend = Backend::start("hello-00001");
+    let weir = hello(&backend);
+
+    let r = raw_request(
+        weir.http_addr(),
+        &format!(
+            "GET /hop HTTP/1.1\r\n\
+             Host: {HOST}\r\n\
+             Connection: x-foo\r\n\
+             x-foo: 1\r\n\
+             Keep-Alive: timeout=5\r\n\
+             Proxy-Connection: keep-alive\r\n\
+             TE: trailers\r\n\
+             x-end-to-end: 2\r\n\
+             \r\n"
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen = r.upstream_headers();
+    for dropped in ["x-foo", "keep-alive", "proxy-connection"] {
+        assert!(
+            !seen.contains_key(dropped),
+            "{dropped} reached the backend: {seen:?}"
+        );
+    }
+    if let Some(conn) = seen.get("connection").and_then(|v| v.as_str()) {
+        assert!(
+            !conn.to_ascii_lowercase().contains("x-foo"),
+            "the client's Connection header reached the backend: {conn:?}"
+        );
+    }
+    assert_eq!(r.upstream_header("x-end-to-end").as_deref(), Some("2"));
+    assert_eq!(r.upstream_header("host").as_deref(), Some(HOST));
+    assert_eq!(r.json()["path"], "/hop");
+}
+
+#[tokio::test]
+async fn host_with_port_is_passed_as_sent() {
+    let backend = Backend::start("hello-00001");
+    let weir = hello(&backend);
+    let url = format!("{}/", weir.http_url());
+
+    let r = get(&url, "hello.default.example.com:8080", &[]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        r.upstream_header("host").as_deref(),
+        Some("hello.default.example.com:8080")
+    );
+}
