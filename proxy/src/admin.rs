@@ -251,12 +251,17 @@ impl Admin {
             .iter()
             .map(|r| {
                 let set = r.endpoints();
+                let w = r.stats.last_window();
                 json!({
                     "namespace": &*r.namespace,
                     "name": &*r.name,
                     "endpoints": set.endpoints.len(),
                     "in_flight": r.in_flight(),
                     "held": r.held(),
+                    "concurrency": r.stats.concurrency(),
+                    "average_concurrency": w.average_concurrency,
+                    "requests": w.requests,
+                    "proxied_requests": w.proxied_requests,
                 })
             })
             .collect();

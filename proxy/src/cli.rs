@@ -54,6 +54,10 @@ struct ProxyArgs {
     /// Identity reported to control planes [default: node_id or the hostname].
     #[arg(long, value_name = "ID")]
     node_id: Option<String>,
+    /// Knative autoscaler to report concurrency to, e.g. ws://127.0.0.1:8090
+    /// [default: autoscaler.url, or none].
+    #[arg(long, value_name = "URL")]
+    autoscaler: Option<String>,
     /// Worker threads per listener [default: threads, or the number of CPUs].
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
@@ -205,7 +209,16 @@ fn proxy(args: ProxyArgs) -> ExitCode {
         .threads
         .or(cfg.threads)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let _node_id = args.node_id.or_else(|| cfg.node_id.clone());
+    let node_id = args
+        .node_id
+        .or_else(|| cfg.node_id.clone())
+        .unwrap_or_else(crate::autoscaler::hostname);
+    if let Some(url) = &args.autoscaler {
+        if !(url.starts_with("ws://") || url.starts_with("wss://")) {
+            eprintln!("error: --autoscaler {url:?} must be a ws:// or wss:// URL");
+            return ExitCode::from(2);
+        }
+    }
     let rt = match server::control_runtime() {
         Ok(rt) => rt,
         Err(e) => {
@@ -223,6 +236,8 @@ fn proxy(args: ProxyArgs) -> ExitCode {
             admin,
             admin_token,
             threads,
+            autoscaler_url: args.autoscaler,
+            node_id,
         },
         &rt,
         state,

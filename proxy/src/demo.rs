@@ -112,6 +112,8 @@ Ctrl-C stops everything.
             admin,
             admin_token: None,
             threads,
+            autoscaler_url: None,
+            node_id: "weir-demo".into(),
         },
         &rt,
         state,

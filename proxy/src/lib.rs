@@ -8,6 +8,7 @@
 //! - [`server`], [`cli`], [`demo`]: process wiring and the `weir` command line.
 
 pub mod admin;
+pub mod autoscaler;
 pub mod cli;
 pub mod demo;
 pub mod metrics;
@@ -15,6 +16,7 @@ pub mod revision;
 pub mod route;
 pub mod server;
 pub mod state;
+pub mod stats;
 
 /// mimalloc: about 10% less CPU per request than glibc malloc for pingora on these machines
 /// (see the README's performance notes).

@@ -20,7 +20,12 @@ pub struct Metrics {
     pub config_updates: IntCounterVec,
     pub xds_connected: IntGauge,
     pub autoscaler_reports: IntCounterVec,
+    /// Called with (namespace, revision) on every poke; set once by the autoscaler reporter.
+    pub poke_hook: std::sync::OnceLock<PokeHook>,
 }
+
+/// Receives scale-from-zero pokes.
+pub type PokeHook = Box<dyn Fn(&str, &str) + Send + Sync>;
 
 fn latency_buckets() -> Vec<f64> {
     // 0.5 ms .. ~65 s
@@ -108,6 +113,7 @@ impl Metrics {
             )
             .expect("metric"),
             registry,
+            poke_hook: std::sync::OnceLock::new(),
         };
         let r = &m.registry;
         for c in [

@@ -19,6 +19,7 @@ use tokio::sync::oneshot;
 use weir_config::model::Protocol;
 
 use crate::metrics::Metrics;
+use crate::stats::RevisionStats;
 
 /// One backend address of a revision and the requests it has in flight through this proxy.
 #[derive(Debug)]
@@ -54,14 +55,27 @@ impl Endpoint {
     }
 }
 
-/// What a config generation says about a revision; replaced whole on every update.
-#[derive(Debug)]
-pub struct EndpointSet {
-    pub endpoints: Box<[Arc<Endpoint>]>,
+/// How a revision is served, from its config (and the config's `hold` and `autoscaler`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Settings {
     pub container_concurrency: u32,
+    /// How long a request may be held.
     pub timeout: Duration,
     pub protocol: Protocol,
     pub queue_depth: usize,
+    /// At most one autoscaler poke per revision per this interval.
+    pub poke_interval: Duration,
+}
+
+/// A revision's endpoints and settings; replaced whole on every update.
+#[derive(Debug)]
+pub struct EndpointSet {
+    pub endpoints: Box<[Arc<Endpoint>]>,
+    /// Removed endpoints that still had requests in flight. Never picked; kept so that an
+    /// endpoint that flaps back is the same object with its in-flight count, and
+    /// `container_concurrency` holds across the flap.
+    retired: Box<[Arc<Endpoint>]>,
+    pub settings: Settings,
 }
 
 /// Why a request could not get a slot.
@@ -104,6 +118,8 @@ pub struct Revision {
     epoch: Instant,
     metrics: Arc<Metrics>,
     handles: Handles,
+    /// Time-weighted concurrency for the autoscaler and `/v1/stats`.
+    pub stats: RevisionStats,
 }
 
 impl std::fmt::Debug for Revision {
@@ -145,9 +161,14 @@ impl Revision {
     pub fn new(
         namespace: &str,
         name: &str,
-        set: EndpointSet,
+        settings: Settings,
         metrics: Arc<Metrics>,
     ) -> Arc<Revision> {
+        let set = EndpointSet {
+            endpoints: Box::new([]),
+            retired: Box::new([]),
+            settings,
+        };
         Arc::new(Revision {
             namespace: namespace.into(),
             name: name.into(),
@@ -163,6 +184,7 @@ impl Revision {
             epoch: Instant::now(),
             metrics,
             handles: Handles::default(),
+            stats: RevisionStats::default(),
         })
     }
 
@@ -176,31 +198,26 @@ impl Revision {
 
     /// Replaces the endpoint set, keeping the in-flight counts of addresses that stay, and
     /// releases held requests onto any new capacity.
-    pub fn update(
-        self: &Arc<Self>,
-        addrs: &[SocketAddr],
-        cc: u32,
-        timeout: Duration,
-        protocol: Protocol,
-        queue_depth: usize,
-    ) {
+    pub fn update(self: &Arc<Self>, addrs: &[SocketAddr], settings: Settings) {
         let old = self.set.load();
+        let known = || old.endpoints.iter().chain(old.retired.iter());
         let endpoints: Box<[Arc<Endpoint>]> = addrs
             .iter()
             .map(|a| {
-                old.endpoints
-                    .iter()
+                known()
                     .find(|e| e.addr == *a)
                     .cloned()
                     .unwrap_or_else(|| Endpoint::new(*a))
             })
             .collect();
+        let retired: Box<[Arc<Endpoint>]> = known()
+            .filter(|e| e.in_flight() > 0 && !addrs.contains(&e.addr))
+            .cloned()
+            .collect();
         self.set.store(Arc::new(EndpointSet {
             endpoints,
-            container_concurrency: cc,
-            timeout,
-            protocol,
-            queue_depth,
+            retired,
+            settings,
         }));
         self.dispatch();
     }
@@ -240,7 +257,7 @@ impl Revision {
         }
         let set = self.set.load();
         let endpoint = set.endpoints.iter().find(|e| e.addr == addr)?;
-        if !endpoint.try_take(set.container_concurrency) {
+        if !endpoint.try_take(set.settings.container_concurrency) {
             return None;
         }
         self.in_flight_gauge().inc();
@@ -262,7 +279,7 @@ impl Revision {
         let id = self.next_waiter.fetch_add(1, Ordering::Relaxed);
         {
             let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-            if q.len() >= set.queue_depth {
+            if q.len() >= set.settings.queue_depth {
                 drop(q);
                 self.outcome("rejected");
                 return Err(HoldError::QueueFull);
@@ -285,7 +302,7 @@ impl Revision {
             rx,
             done: false,
         };
-        let res = tokio::time::timeout(set.timeout, &mut guard.rx).await;
+        let res = tokio::time::timeout(set.settings.timeout, &mut guard.rx).await;
         guard.done = true;
         held_gauge.dec();
         self.hold_histogram().observe(start.elapsed().as_secs_f64());
@@ -355,7 +372,7 @@ impl Revision {
         if eps.is_empty() {
             return None;
         }
-        let cc = set.container_concurrency;
+        let cc = set.settings.container_concurrency;
         // Endpoints that just failed are tried last.
         let usable = |e: &Arc<Endpoint>| !avoid.contains(&e.addr);
         let pick = match cc {
@@ -416,11 +433,13 @@ impl Revision {
             .find(|e| usable(e) && e.try_take(cc))
     }
 
-    /// Signals the autoscaler that a revision at zero has demand, at most once per second.
+    /// Signals the autoscaler that a revision at zero has demand, at most once per reporting
+    /// interval.
     fn maybe_poke(&self) {
         let now = self.epoch.elapsed().as_millis() as u64;
         let last = self.last_poke.load(Ordering::Relaxed);
-        if last != u64::MAX && now.saturating_sub(last) < POKE_INTERVAL_MS {
+        let interval = self.set.load().settings.poke_interval.as_millis() as u64;
+        if last != u64::MAX && now.saturating_sub(last) < interval {
             return;
         }
         if self
@@ -437,6 +456,9 @@ impl Revision {
                 .pokes
                 .with_label_values(&[&self.namespace, &self.name])
                 .inc();
+            if let Some(hook) = self.metrics.poke_hook.get() {
+                hook(&self.namespace, &self.name);
+            }
         }
     }
 
@@ -495,9 +517,6 @@ impl Revision {
     }
 }
 
-/// Pokes are rate-limited per revision to one per reporting interval.
-pub const POKE_INTERVAL_MS: u64 = 1000;
-
 /// First endpoint with a free slot (container concurrency 1-3).
 fn first_free<'a>(
     eps: &'a [Arc<Endpoint>],
@@ -534,27 +553,25 @@ impl Drop for LeaveQueue<'_> {
 mod tests {
     use super::*;
 
+    fn settings(cc: u32, timeout_ms: u64, depth: usize) -> Settings {
+        Settings {
+            container_concurrency: cc,
+            timeout: Duration::from_millis(timeout_ms),
+            protocol: Protocol::Http1,
+            queue_depth: depth,
+            poke_interval: Duration::from_secs(1),
+        }
+    }
+
     fn rev(addrs: &[&str], cc: u32, timeout_ms: u64, depth: usize) -> Arc<Revision> {
         let r = Revision::new(
             "default",
             "r1",
-            EndpointSet {
-                endpoints: Box::new([]),
-                container_concurrency: cc,
-                timeout: Duration::from_millis(timeout_ms),
-                protocol: Protocol::Http1,
-                queue_depth: depth,
-            },
+            settings(cc, timeout_ms, depth),
             Arc::new(Metrics::new()),
         );
         let a: Vec<SocketAddr> = addrs.iter().map(|a| a.parse().unwrap()).collect();
-        r.update(
-            &a,
-            cc,
-            Duration::from_millis(timeout_ms),
-            Protocol::Http1,
-            depth,
-        );
+        r.update(&a, settings(cc, timeout_ms, depth));
         r
     }
 
@@ -614,7 +631,7 @@ mod tests {
             .iter()
             .map(|a| a.parse().unwrap())
             .collect();
-        r.update(&addrs, 1, Duration::from_secs(60), Protocol::Http1, 10);
+        r.update(&addrs, settings(1, 60_000, 10));
         let mut got = Vec::new();
         for t in tasks {
             got.push(t.await.unwrap());
@@ -654,13 +671,18 @@ mod tests {
         let _ = h.await;
         assert_eq!(r.held(), 0);
         // The freed place is usable and a new endpoint goes to nobody stale.
-        r.update(
-            &["127.0.0.1:1".parse().unwrap()],
-            1,
-            Duration::from_secs(60),
-            Protocol::Http1,
-            10,
-        );
+        r.update(&["127.0.0.1:1".parse().unwrap()], settings(1, 60_000, 10));
+        assert!(r.try_acquire(&[]).is_some());
+    }
+
+    #[test]
+    fn an_endpoint_that_flaps_keeps_its_in_flight_count() {
+        let r = rev(&["127.0.0.1:1"], 1, 1000, 10);
+        let busy = r.try_acquire(&[]).unwrap();
+        r.update(&[], settings(1, 1000, 10));
+        r.update(&["127.0.0.1:1".parse().unwrap()], settings(1, 1000, 10));
+        assert!(r.try_acquire(&[]).is_none(), "the slot is still taken");
+        drop(busy);
         assert!(r.try_acquire(&[]).is_some());
     }
 

@@ -35,6 +35,7 @@ static REVISION_HEADER: HeaderName = HeaderName::from_static("knative-serving-re
 static NAMESPACE_HEADER: HeaderName = HeaderName::from_static("knative-serving-namespace");
 static XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
 static XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static PROXY_HEADER: HeaderName = HeaderName::from_static("k-proxy-request");
 
 /// Requests between their first byte and their last log line, across all listeners.
 /// SIGTERM drains until this is zero.
@@ -62,6 +63,8 @@ pub struct WeirProxy {
     /// `X-Forwarded-Proto` of this listener.
     pub scheme: HeaderValue,
     pub active: Arc<Active>,
+    /// Concurrency accounting for the autoscaler; off only to measure what it costs.
+    pub stats: bool,
 }
 
 /// Why a request ended without an upstream answer.
@@ -88,6 +91,19 @@ pub struct Ctx {
     failure: Option<Failure>,
     /// Cookie affinity of this request, if its route has it.
     sticky: Option<Box<Sticky>>,
+    stats: Option<StatsGuard>,
+}
+
+/// Counts the request in its revision's concurrency from routing (held included) to the end.
+struct StatsGuard {
+    revision: Arc<Revision>,
+    proxied: bool,
+}
+
+impl Drop for StatsGuard {
+    fn drop(&mut self) {
+        self.revision.stats.end(self.proxied);
+    }
 }
 
 /// What cookie affinity needs between routing and the response.
@@ -204,6 +220,17 @@ impl WeirProxy {
         let Some(rev) = snap.revisions.get(target.revision.0 as usize) else {
             return Decision::Respond(500, "internal routing error\n".into());
         };
+        if self.stats {
+            let proxied = req
+                .headers
+                .get(&PROXY_HEADER)
+                .is_some_and(|v| v.as_bytes() == b"activator");
+            rev.stats.begin(proxied);
+            ctx.stats = Some(StatsGuard {
+                revision: rev.clone(),
+                proxied,
+            });
+        }
         ctx.revision = Some(rev.clone());
         ctx.tag = target.tag.clone();
         if !rule.append_headers.is_empty() {
@@ -295,6 +322,7 @@ impl ProxyHttp for WeirProxy {
             attempts: 0,
             failure: None,
             sticky: None,
+            stats: None,
         }
     }
 
@@ -333,7 +361,7 @@ impl ProxyHttp for WeirProxy {
         let protocol = ctx
             .revision
             .as_ref()
-            .map(|r| r.endpoints().protocol)
+            .map(|r| r.endpoints().settings.protocol)
             .unwrap_or_default();
         ctx.slot = Some(slot);
         let mut peer = HttpPeer::new(addr, false, String::new());

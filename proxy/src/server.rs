@@ -32,6 +32,9 @@ pub struct ProxyOptions {
     pub admin: SocketAddr,
     pub admin_token: Option<String>,
     pub threads: usize,
+    /// Autoscaler URL (flag or config) and node id; the interval comes from the config.
+    pub autoscaler_url: Option<String>,
+    pub node_id: String,
 }
 
 /// The runtime of everything that is not the data plane: admin API, signals, demo backends.
@@ -50,6 +53,19 @@ pub fn run(opts: ProxyOptions, rt: &tokio::runtime::Runtime, state: Arc<State>) 
         .drain_timeout
         .get()
         .unwrap_or(Duration::from_secs(30));
+    let reporter = crate::autoscaler::ReporterConfig {
+        url: opts
+            .autoscaler_url
+            .clone()
+            .or_else(|| opts.config.autoscaler.as_ref().map(|a| a.url.clone())),
+        node_id: opts.node_id.clone(),
+        interval: opts
+            .config
+            .autoscaler
+            .as_ref()
+            .and_then(|a| a.interval.get())
+            .unwrap_or(Duration::from_secs(1)),
+    };
     if let Err(errs) = state.apply(opts.config, "file") {
         for e in &errs.0 {
             eprintln!("{e}");
@@ -98,6 +114,7 @@ pub fn run(opts: ProxyOptions, rt: &tokio::runtime::Runtime, state: Arc<State>) 
             }),
         ));
         rt.spawn(drain_on_sigterm(active.clone(), drain));
+        rt.spawn(crate::autoscaler::run(state.clone(), reporter));
         if let Some(path) = opts.config_path.clone() {
             rt.spawn(reload_on_sighup(path, state.clone()));
         }
@@ -123,6 +140,7 @@ pub fn run(opts: ProxyOptions, rt: &tokio::runtime::Runtime, state: Arc<State>) 
             listener,
             scheme: HeaderValue::from_static("http"),
             active: active.clone(),
+            stats: std::env::var("WEIR_STATS").map_or(true, |v| v != "off"),
         };
         let mut svc = http_proxy_service_with_name(&server.configuration, proxy, name);
         svc.add_tcp(&addr.to_string());

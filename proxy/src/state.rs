@@ -11,7 +11,7 @@ use arc_swap::ArcSwap;
 use weir_config::{compile, Config, ConfigError, ConfigErrors, Endpoint, RouteTable};
 
 use crate::metrics::Metrics;
-use crate::revision::{EndpointSet, Revision};
+use crate::revision::{Revision, Settings};
 
 /// Everything a request needs, from one config generation.
 pub struct Snapshot {
@@ -124,6 +124,18 @@ impl State {
         let table = compile(&cfg)?;
         let resolved = resolve_all(&cfg)?;
         let queue_depth = cfg.hold.queue_depth as usize;
+        let poke_interval = cfg
+            .autoscaler
+            .as_ref()
+            .and_then(|a| a.interval.get())
+            .unwrap_or(std::time::Duration::from_secs(1));
+        let settings = |spec: &weir_config::RevisionSpec| Settings {
+            container_concurrency: spec.container_concurrency,
+            timeout: spec.timeout,
+            protocol: spec.protocol,
+            queue_depth,
+            poke_interval,
+        };
 
         let mut registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
         let mut next: Registry = HashMap::with_capacity(table.revisions().len());
@@ -136,13 +148,7 @@ impl State {
                 None => Revision::new(
                     &spec.namespace,
                     &spec.name,
-                    EndpointSet {
-                        endpoints: Box::new([]),
-                        container_concurrency: spec.container_concurrency,
-                        timeout: spec.timeout,
-                        protocol: spec.protocol,
-                        queue_depth,
-                    },
+                    settings(spec),
                     self.metrics.clone(),
                 ),
             };
@@ -167,13 +173,7 @@ impl State {
         }));
         // Endpoints last: requests released by new capacity already see the new routes.
         for (rev, addrs, spec) in to_update {
-            rev.update(
-                &addrs,
-                spec.container_concurrency,
-                spec.timeout,
-                spec.protocol,
-                queue_depth,
-            );
+            rev.update(&addrs, settings(&spec));
         }
         self.metrics.config_generation.set(generation as i64);
         self.ready.store(true, Ordering::SeqCst);
@@ -215,13 +215,7 @@ impl State {
         addrs.dedup();
         let set = rev.endpoint_set();
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        rev.update(
-            &addrs,
-            set.container_concurrency,
-            set.timeout,
-            set.protocol,
-            set.queue_depth,
-        );
+        rev.update(&addrs, set.settings);
         self.metrics.config_generation.set(generation as i64);
         self.metrics.config_update(source, true);
         let _ = self.changes.send(Change::Endpoints {
