@@ -137,8 +137,28 @@ pub struct Service {
     /// Keeps a user on one revision across the weighted split.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<Affinity>,
+    /// `redirect`: plain-HTTP requests get a 301 to https (Knative's `httpOption: Redirected`).
+    #[serde(default, skip_serializing_if = "HttpOption::is_enabled")]
+    pub http_option: HttpOption,
     #[serde(flatten, skip_serializing)]
     pub unknown: Unknown,
+}
+
+/// What plain HTTP does for a host that also has TLS.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HttpOption {
+    /// Served on plain HTTP too.
+    #[default]
+    Enabled,
+    /// Answered with a 301 to the same URL on https.
+    Redirect,
+}
+
+impl HttpOption {
+    fn is_enabled(&self) -> bool {
+        *self == HttpOption::Enabled
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -169,6 +189,9 @@ pub struct Rule {
     pub hosts: Vec<String>,
     #[serde(default)]
     pub visibility: Visibility,
+    /// `redirect`: plain-HTTP requests get a 301 to https.
+    #[serde(default, skip_serializing_if = "HttpOption::is_enabled")]
+    pub http_option: HttpOption,
     #[serde(default)]
     pub paths: Vec<PathRule>,
     #[serde(flatten, skip_serializing)]

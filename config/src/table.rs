@@ -12,7 +12,7 @@ use http::{HeaderName, HeaderValue};
 
 use crate::error::ConfigErrors;
 use crate::hosts::{self, HostTarget};
-use crate::model::{Config, Protocol, Visibility};
+use crate::model::{Config, HttpOption, Protocol, Visibility};
 use crate::split::{RevisionId, Split, Target};
 use crate::validate::{self, parse_endpoint, Endpoint};
 
@@ -48,6 +48,8 @@ pub struct HostRoute {
     pub paths: Arc<[PathRoute]>,
     /// For `tag_header_routing` on a service's default hosts: tag -> its target.
     pub tags: Arc<[(Box<str>, Target)]>,
+    /// Plain-HTTP requests get a 301 to https.
+    pub redirect_https: bool,
 }
 
 /// One path rule: a prefix, exact header matches, and where matching requests go.
@@ -351,6 +353,7 @@ fn compile_valid(cfg: &Config) -> RouteTable {
                     owner: owner.clone(),
                     paths,
                     tags: host_tags,
+                    redirect_https: svc.http_option == HttpOption::Redirect,
                 },
             );
         }
@@ -394,6 +397,7 @@ fn compile_valid(cfg: &Config) -> RouteTable {
                         owner: owner.clone(),
                         paths: paths.clone(),
                         tags: Arc::new([]),
+                        redirect_https: rule.http_option == HttpOption::Redirect,
                     },
                 );
             }

@@ -310,7 +310,7 @@ impl Validator {
         self.unknown(
             &at,
             &svc.unknown,
-            "name, namespace, visibility, hosts, traffic, affinity",
+            "name, namespace, visibility, hosts, traffic, affinity, http_option",
         );
         self.label(&format!("{at}.name"), "service name", &svc.name);
         self.label(&format!("{at}.namespace"), "namespace", &svc.namespace);
@@ -399,7 +399,7 @@ impl Validator {
         }
         for (r, rule) in ing.rules.iter().enumerate() {
             let rp = format!("{at}.rules[{r}]");
-            self.unknown(&rp, &rule.unknown, "hosts, visibility, paths");
+            self.unknown(&rp, &rule.unknown, "hosts, visibility, http_option, paths");
             if rule.hosts.is_empty() {
                 self.err(format!("{rp}.hosts"), "list at least one host");
             }

@@ -17,6 +17,7 @@ pub mod route;
 pub mod server;
 pub mod state;
 pub mod stats;
+pub mod tls;
 
 /// mimalloc: about 10% less CPU per request than glibc malloc for pingora on these machines
 /// (see the README's performance notes).

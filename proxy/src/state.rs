@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -12,6 +13,7 @@ use weir_config::{compile, Config, ConfigError, ConfigErrors, Endpoint, RouteTab
 
 use crate::metrics::Metrics;
 use crate::revision::{Revision, Settings};
+use crate::tls::{self, CertStore};
 
 /// Everything a request needs, from one config generation.
 pub struct Snapshot {
@@ -56,6 +58,8 @@ pub struct State {
     /// Serialises updates so that generations are applied in order.
     update_lock: Mutex<()>,
     changes: tokio::sync::broadcast::Sender<Change>,
+    /// The https listener's certificates and the directory their paths are relative to.
+    tls: std::sync::OnceLock<(Arc<CertStore>, PathBuf)>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -76,6 +80,7 @@ impl State {
             ready: AtomicBool::new(false),
             update_lock: Mutex::new(()),
             changes: tokio::sync::broadcast::channel(1024).0,
+            tls: std::sync::OnceLock::new(),
             metrics,
         })
     }
@@ -92,6 +97,12 @@ impl State {
 
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Loads the config's certificates into `store` on every apply from now on (call before
+    /// the first apply). Paths are relative to `base`.
+    pub fn enable_tls(&self, store: Arc<CertStore>, base: PathBuf) {
+        let _ = self.tls.set((store, base));
     }
 
     /// Every applied change from now on. A receiver that lags behind gets `Lagged` and should
@@ -123,6 +134,10 @@ impl State {
     fn apply_locked(&self, cfg: Config) -> Result<u64, ConfigErrors> {
         let table = compile(&cfg)?;
         let resolved = resolve_all(&cfg)?;
+        let certs = match self.tls.get() {
+            Some((_, base)) => Some(tls::load(&cfg, base)?),
+            None => None,
+        };
         let queue_depth = cfg.hold.queue_depth as usize;
         let poke_interval = cfg
             .autoscaler
@@ -171,6 +186,9 @@ impl State {
             table,
             revisions: revisions.into_boxed_slice(),
         }));
+        if let (Some(certs), Some((store, _))) = (certs, self.tls.get()) {
+            store.store(certs);
+        }
         // Endpoints last: requests released by new capacity already see the new routes.
         for (rev, addrs, spec) in to_update {
             rev.update(&addrs, settings(&spec));

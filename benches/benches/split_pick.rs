@@ -1,0 +1,46 @@
+//! One weighted draw: the cost a split adds to a request.
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use weir_config::{RevisionId, Split, Target};
+
+fn split(percents: &[u32]) -> Split {
+    Split::new(
+        percents
+            .iter()
+            .enumerate()
+            .map(|(i, &percent)| {
+                Target::new(
+                    RevisionId(i as u32),
+                    "default",
+                    &format!("rev-{i}"),
+                    percent,
+                )
+            })
+            .collect(),
+    )
+}
+
+fn pick(c: &mut Criterion) {
+    let mut g = c.benchmark_group("split_pick");
+    for (name, percents) in [("2_targets", vec![90, 10]), ("10_targets", vec![10; 10])] {
+        let s = split(&percents);
+        g.bench_function(BenchmarkId::from_parameter(name), |b| {
+            b.iter(|| black_box(black_box(&s).pick().revision))
+        });
+    }
+    // The table walk alone, without the random draw.
+    let s = split(&[10; 10]);
+    g.bench_function("pick_with/10_targets", |b| {
+        let mut r = 0u32;
+        b.iter(|| {
+            r = (r + 37) % 100;
+            black_box(s.pick_with(black_box(r)).revision)
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, pick);
+criterion_main!(benches);
