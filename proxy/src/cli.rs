@@ -45,6 +45,9 @@ struct ProxyArgs {
     /// Cluster-local listener [default: listen.internal, or off].
     #[arg(long, value_name = "ADDR")]
     internal: Option<SocketAddr>,
+    /// TLS listener, certificates by SNI from the config's `tls` [default: listen.https, or off].
+    #[arg(long, value_name = "ADDR")]
+    https: Option<SocketAddr>,
     /// Admin and control API listener [default: listen.admin or 127.0.0.1:9901].
     #[arg(long, value_name = "ADDR")]
     admin: Option<SocketAddr>,
@@ -189,6 +192,12 @@ fn proxy(args: ProxyArgs) -> ExitCode {
     let http = listen(args.http, &cfg.listen.http, Some("0.0.0.0:8080"))
         .expect("the default address parses");
     let internal = listen(args.internal, &cfg.listen.internal, None);
+    let https = listen(args.https, &cfg.listen.https, None);
+    let config_dir = args
+        .config
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
     let admin = listen(args.admin, &cfg.listen.admin, Some("127.0.0.1:9901"))
         .expect("the default address parses");
     let admin_token = match &args.admin_token_file {
@@ -233,6 +242,8 @@ fn proxy(args: ProxyArgs) -> ExitCode {
             config: cfg,
             http,
             internal,
+            https,
+            config_dir,
             admin,
             admin_token,
             threads,

@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -109,6 +110,8 @@ Ctrl-C stops everything.
             config,
             http,
             internal: None,
+            https: None,
+            config_dir: PathBuf::from("."),
             admin,
             admin_token: None,
             threads,

@@ -27,6 +27,8 @@ use crate::state::State;
 /// How long a connect to an endpoint may take before the next endpoint is tried.
 /// This bounds only the dial: a request that reached a backend is never timed out.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Largest request body read into memory while a request is held (pingora's retry buffer).
+const HELD_BODY_LIMIT: usize = 64 * 1024;
 /// Attempts to connect, in all, before answering 502.
 const MAX_CONNECT_ATTEMPTS: usize = 3;
 
@@ -136,6 +138,8 @@ fn cookie_value<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a [u8]> {
 enum Decision {
     Proxy,
     Respond(u16, String),
+    /// 301 to this URL (`http_option: redirect`).
+    Redirect(String),
 }
 
 impl WeirProxy {
@@ -158,6 +162,12 @@ impl WeirProxy {
             }
             Err(_) => return Decision::Respond(400, "invalid Host header\n".into()),
         };
+        if route.redirect_https && self.scheme.as_bytes() == b"http" {
+            let mut buf = [0u8; weir_config::table::MAX_HOST_LEN];
+            let name = weir_config::normalize_host(host, &mut buf).unwrap_or_default();
+            let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
+            return Decision::Redirect(format!("https://{name}{target}"));
+        }
         let path = req.uri.path().as_bytes();
         let Some(rule) = route.route(path, |n| req.headers.get(n).map(HeaderValue::as_bytes))
         else {
@@ -269,14 +279,32 @@ impl WeirProxy {
             return Ok(slot);
         }
         let downstream = session.as_downstream_mut();
-        // A client with no request body to send can be watched for a close while it waits;
-        // one with a body cannot without consuming it, so it waits until release or timeout.
         let has_body = !(downstream.is_body_empty() || downstream.is_body_done());
+        // A small body (known length up to pingora's 64 KiB retry buffer) is read while the
+        // request waits: pingora replays it upstream from that buffer, and once it is in,
+        // the connection can be watched for the client going away. A larger or chunked body
+        // cannot be held in memory that way; such a request waits until release or timeout.
+        let small_body = has_body
+            && downstream
+                .get_header(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<usize>().ok())
+                .is_some_and(|n| n <= HELD_BODY_LIMIT);
         let held = rev.acquire(avoid);
         tokio::pin!(held);
         let gone = async {
-            if has_body {
+            if has_body && !small_body {
                 return std::future::pending::<()>().await;
+            }
+            if small_body {
+                downstream.enable_retry_buffering();
+                loop {
+                    match downstream.read_request_body().await {
+                        Ok(Some(_)) => continue,
+                        Ok(None) => break,
+                        Err(_) => return,
+                    }
+                }
             }
             match downstream.read_body_or_idle(true).await {
                 Err(_) => {}
@@ -331,6 +359,13 @@ impl ProxyHttp for WeirProxy {
             Decision::Proxy => Ok(false),
             Decision::Respond(code, body) => {
                 respond(session, code, body).await?;
+                Ok(true)
+            }
+            Decision::Redirect(location) => {
+                let mut resp = ResponseHeader::build(301, Some(3))?;
+                resp.insert_header(header::LOCATION, location)?;
+                resp.insert_header(header::CONTENT_LENGTH, 0)?;
+                session.write_response_header(Box::new(resp), true).await?;
                 Ok(true)
             }
         }

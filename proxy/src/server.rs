@@ -12,6 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::HeaderValue;
+use pingora::apps::HttpServerOptions;
+use pingora::listeners::tls::TlsSettings;
 use pingora::proxy::http_proxy_service_with_name;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
@@ -21,6 +23,7 @@ use crate::admin::{self, Admin};
 use crate::metrics::Metrics;
 use crate::route::{Active, WeirProxy};
 use crate::state::State;
+use crate::tls::CertStore;
 
 /// Everything `weir proxy` (or `weir demo`) needs to start.
 pub struct ProxyOptions {
@@ -29,6 +32,10 @@ pub struct ProxyOptions {
     pub config: Config,
     pub http: SocketAddr,
     pub internal: Option<SocketAddr>,
+    /// TLS listener: certificates from the config's `tls` entries, chosen by SNI.
+    pub https: Option<SocketAddr>,
+    /// What relative certificate paths are relative to (the config file's directory).
+    pub config_dir: PathBuf,
     pub admin: SocketAddr,
     pub admin_token: Option<String>,
     pub threads: usize,
@@ -66,6 +73,11 @@ pub fn run(opts: ProxyOptions, rt: &tokio::runtime::Runtime, state: Arc<State>) 
             .and_then(|a| a.interval.get())
             .unwrap_or(Duration::from_secs(1)),
     };
+    let certs = opts.https.map(|_| {
+        let store = Arc::new(CertStore::default());
+        state.enable_tls(store.clone(), opts.config_dir.clone());
+        store
+    });
     if let Err(errs) = state.apply(opts.config, "file") {
         for e in &errs.0 {
             eprintln!("{e}");
@@ -86,7 +98,10 @@ pub fn run(opts: ProxyOptions, rt: &tokio::runtime::Runtime, state: Arc<State>) 
         }
     };
     // pingora binds when it starts its services; check first so a busy port is a clean exit 1.
-    for addr in std::iter::once(opts.http).chain(opts.internal) {
+    for addr in std::iter::once(opts.http)
+        .chain(opts.internal)
+        .chain(opts.https)
+    {
         if let Err(e) = std::net::TcpListener::bind(addr) {
             eprintln!("error: cannot listen on {addr}: {e}");
             return ExitCode::from(1);
@@ -133,17 +148,42 @@ pub fn run(opts: ProxyOptions, rt: &tokio::runtime::Runtime, state: Arc<State>) 
         Some((opts.http, Listener::External, "weir-http")),
         opts.internal
             .map(|a| (a, Listener::Internal, "weir-internal")),
+        opts.https.map(|a| (a, Listener::External, "weir-https")),
     ];
     for (addr, listener, name) in listeners.into_iter().flatten() {
+        let tls = name == "weir-https";
         let proxy = WeirProxy {
             state: state.clone(),
             listener,
-            scheme: HeaderValue::from_static("http"),
+            scheme: HeaderValue::from_static(if tls { "https" } else { "http" }),
             active: active.clone(),
             stats: std::env::var("WEIR_STATS").map_or(true, |v| v != "off"),
         };
         let mut svc = http_proxy_service_with_name(&server.configuration, proxy, name);
-        svc.add_tcp(&addr.to_string());
+        match (&certs, tls) {
+            (Some(store), true) => {
+                let mut settings = match TlsSettings::intermediate("", "") {
+                    Ok(s) => s,
+                    Err(e) => {
+                        eprintln!("error: TLS listener: {e}");
+                        return ExitCode::from(1);
+                    }
+                };
+                settings.set_cert_resolver(store.clone());
+                // ALPN h2 and http/1.1; TLS 1.2 and 1.3 only (pingora's rustls defaults).
+                settings.enable_h2();
+                svc.add_tls_with_settings(&addr.to_string(), None, settings);
+            }
+            _ => {
+                // h2c (HTTP/2 with prior knowledge) beside HTTP/1.1 on plain listeners.
+                if let Some(app) = svc.app_logic_mut() {
+                    let mut options = HttpServerOptions::default();
+                    options.h2c = true;
+                    app.server_options = Some(options);
+                }
+                svc.add_tcp(&addr.to_string());
+            }
+        }
         server.add_service(svc);
     }
     log::info!(

@@ -79,6 +79,19 @@ pub async fn send(
     host: &str,
     headers: &[(&str, &str)],
 ) -> Response {
+    try_send(client, url, host, headers)
+        .await
+        .unwrap_or_else(|e| panic!("GET {url} (Host: {host}): {e}"))
+}
+
+/// `GET url` like [`send`], but a transport error (refused, reset, closed before the
+/// answer, timeout) is returned as text instead of panicking: for tests that count them.
+pub async fn try_send(
+    client: &reqwest::Client,
+    url: &str,
+    host: &str,
+    headers: &[(&str, &str)],
+) -> Result<Response, String> {
     let mut req = client.get(url);
     if !host.is_empty() {
         req = req.header(http::header::HOST, host);
@@ -89,21 +102,18 @@ pub async fn send(
             HeaderValue::from_str(v).expect("a valid header value"),
         );
     }
-    let resp = req
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("GET {url} (Host: {host}): {e:?}"));
+    let resp = req.send().await.map_err(|e| format!("{e:?}"))?;
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let body = resp
         .text()
         .await
-        .unwrap_or_else(|e| panic!("GET {url} (Host: {host}): reading the body: {e:?}"));
-    Response {
+        .map_err(|e| format!("reading the body: {e:?}"))?;
+    Ok(Response {
         status,
         headers,
         body,
-    }
+    })
 }
 
 /// A port on 127.0.0.1 that refuses connections: bound, then released at once.

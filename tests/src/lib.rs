@@ -5,15 +5,20 @@
 //! - [`Backend`]: a revision stand-in (hyper, HTTP/1.1 keep-alive) that echoes what it
 //!   received as JSON and counts requests and concurrency.
 //! - [`client`]: requests with an explicit `Host`, a raw HTTP/1.1 client for headers a
-//!   normal client would not send, and admin / metrics helpers.
+//!   normal client would not send.
+//! - [`admin`]: the control API, `/v1/stats` and `/metrics` from a test, and polling.
 
+pub mod admin;
 pub mod backend;
 pub mod client;
 pub mod metrics;
 pub mod weir;
 
+pub use admin::{eventually, find_sample, put_json};
 pub use backend::Backend;
-pub use client::{dead_endpoint, dead_port, get, new_client, raw_request, send, Response};
+pub use client::{
+    dead_endpoint, dead_port, get, new_client, raw_request, send, try_send, Response,
+};
 pub use metrics::{parse_metrics, Sample};
 pub use weir::{free_port, Signal, Weir, WeirBuilder};
 

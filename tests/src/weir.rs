@@ -187,6 +187,15 @@ impl Weir {
         &self.config_path
     }
 
+    /// Replaces the config file (atomically: a new file renamed over the old one), e.g.
+    /// before a SIGHUP.
+    pub fn write_config(&self, config: &serde_json::Value) {
+        let text = serde_json::to_vec_pretty(config).expect("serialise the config");
+        let tmp = self.config_path.with_extension("json.new");
+        fs::write(&tmp, text).expect("write the new config");
+        fs::rename(&tmp, &self.config_path).expect("rename the new config into place");
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
