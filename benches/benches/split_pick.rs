@@ -39,6 +39,18 @@ fn pick(c: &mut Criterion) {
             black_box(s.pick_with(black_box(r)).revision)
         })
     });
+    // Header affinity: weighted rendezvous over the targets for one key (issue goal < 50 ns).
+    for (name, percents) in [("2_targets", vec![90, 10]), ("10_targets", vec![10; 10])] {
+        let s = split(&percents);
+        let keys: Vec<String> = (0..1024).map(|i| format!("user-{i:08}")).collect();
+        g.bench_function(BenchmarkId::new("pick_by_key", name), |b| {
+            let mut i = 0usize;
+            b.iter(|| {
+                i = (i + 1) & 1023;
+                black_box(s.pick_by_key(black_box(keys[i].as_bytes())).revision)
+            })
+        });
+    }
     g.finish();
 }
 

@@ -140,8 +140,21 @@ impl RouteTable {
         raw_host: &[u8],
         listener: Listener,
     ) -> Result<Option<&HostRoute>, HostError> {
-        let mut buf = [0u8; MAX_HOST_LEN];
-        let host = normalize_host(raw_host, &mut buf)?;
+        // Fast path: a host already in normal form (lowercase, no port, no trailing dot) is
+        // looked up as it is, without copying it.
+        let plain = !raw_host.is_empty()
+            && raw_host.len() <= MAX_HOST_LEN
+            && raw_host.last() != Some(&b'.')
+            && raw_host
+                .iter()
+                .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+        let mut buf;
+        let host = if plain {
+            std::str::from_utf8(raw_host).map_err(|_| HostError::Invalid)?
+        } else {
+            buf = [0u8; MAX_HOST_LEN];
+            normalize_host(raw_host, &mut buf)?
+        };
         Ok(self
             .hosts
             .get(host)
