@@ -201,7 +201,8 @@ async fn send(state: &State, conn: &mut Option<Connection>, msgs: &WireStatMessa
 async fn dial_forever(url: String, out: mpsc::Sender<Connection>) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match tokio_tungstenite::connect_async(url.as_str()).await {
+        // TCP_NODELAY: a poke must not wait behind the previous frame's delayed ACK.
+        match tokio_tungstenite::connect_async_with_config(url.as_str(), None, true).await {
             Ok((ws, _)) => {
                 backoff = Duration::from_millis(100);
                 let (sink, mut stream) = ws.split();

@@ -1,4 +1,4 @@
-//! The `weir` command line: `proxy`, `check` and `demo` (CONTRACT.md section 1).
+//! The `weir` command line: `proxy`, `control`, `check` and `demo` (CONTRACT.md section 1).
 //! Exit codes: 0 clean stop, 1 invalid config or failed start, 2 bad usage.
 
 use std::net::SocketAddr;
@@ -25,6 +25,9 @@ struct Cli {
 enum Cmd {
     /// Run the data plane.
     Proxy(ProxyArgs),
+    /// Run the control plane: serve the config over xDS (ADS) to any number of proxies and
+    /// accept the control API, so that every connected proxy is updated.
+    Control(ControlArgs),
     /// Validate a config file: `ok: ...` and exit 0, or every error with its path and exit 1.
     Check {
         /// The config file (YAML, or JSON when it ends in .json).
@@ -36,9 +39,13 @@ enum Cmd {
 
 #[derive(Args, Debug)]
 struct ProxyArgs {
-    /// Config file (YAML or JSON); re-read on SIGHUP.
+    /// Config file (YAML or JSON); re-read on SIGHUP. Optional with --xds, which then
+    /// supplies routes and revisions while the file supplies everything else.
     #[arg(long, value_name = "FILE")]
-    config: PathBuf,
+    config: Option<PathBuf>,
+    /// ADS server to take routes and revisions from, e.g. http://127.0.0.1:18000.
+    #[arg(long, value_name = "URL")]
+    xds: Option<String>,
     /// Public listener [default: listen.http or 0.0.0.0:8080].
     #[arg(long, value_name = "ADDR")]
     http: Option<SocketAddr>,
@@ -65,6 +72,25 @@ struct ProxyArgs {
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
     /// Log filter, e.g. `info` or `weir_proxy=debug` [default: RUST_LOG, or info].
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct ControlArgs {
+    /// Config file (YAML or JSON) to serve; re-read on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// Where proxies connect for xDS (ADS, state of the world).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:18000")]
+    xds_listen: SocketAddr,
+    /// Admin and control API listener.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9902")]
+    admin: SocketAddr,
+    /// File holding the bearer token the admin API requires.
+    #[arg(long, value_name = "FILE")]
+    admin_token_file: Option<PathBuf>,
+    /// Log filter, e.g. `info` or `weir_control=debug` [default: RUST_LOG, or info].
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<String>,
 }
@@ -98,6 +124,7 @@ pub fn main() -> ExitCode {
     match cli.cmd {
         Cmd::Check { file } => check(&file),
         Cmd::Proxy(args) => proxy(args),
+        Cmd::Control(args) => control(args),
         Cmd::Demo(args) => {
             init_logging(args.log_level.as_deref());
             crate::demo::run(args.http, args.admin, args.threads)
@@ -109,7 +136,7 @@ fn init_logging(level: Option<&str>) {
     let filter = level
         .map(str::to_owned)
         .or_else(|| std::env::var("RUST_LOG").ok())
-        .unwrap_or_else(|| "warn,weir_proxy=info".into());
+        .unwrap_or_else(|| "warn,weir_proxy=info,weir_control=info".into());
     let _ = env_logger::Builder::new()
         .parse_filters(&filter)
         .format_timestamp_millis()
@@ -172,18 +199,33 @@ fn check(file: &Path) -> ExitCode {
 
 fn proxy(args: ProxyArgs) -> ExitCode {
     init_logging(args.log_level.as_deref());
-    let cfg = match load_file(&args.config) {
-        Ok(c) => c,
-        Err(lines) => {
-            for l in lines {
-                eprintln!("{l}");
-            }
-            eprintln!(
-                "error: invalid config {}, not starting",
-                args.config.display()
-            );
-            return ExitCode::from(1);
+    if args.config.is_none() && args.xds.is_none() {
+        eprintln!(
+            "error: give --config FILE, --xds URL, or both\n\n\
+             Usage: weir proxy --config FILE [--xds URL --node-id ID] [OPTIONS]\n\
+             \x20      weir proxy --xds URL [--node-id ID] [OPTIONS]\n\n\
+             For more information, try 'weir proxy --help'."
+        );
+        return ExitCode::from(2);
+    }
+    if let Some(url) = &args.xds {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            eprintln!("error: --xds {url:?} must be an http:// URL, e.g. http://127.0.0.1:18000");
+            return ExitCode::from(2);
         }
+    }
+    let cfg = match &args.config {
+        None => Config::empty(),
+        Some(path) => match load_file(path) {
+            Ok(c) => c,
+            Err(lines) => {
+                for l in lines {
+                    eprintln!("{l}");
+                }
+                eprintln!("error: invalid config {}, not starting", path.display());
+                return ExitCode::from(1);
+            }
+        },
     };
     let listen = |flag: Option<SocketAddr>, conf: &Option<String>, default: Option<&str>| {
         flag.or_else(|| conf.as_deref().and_then(|a| a.parse().ok()))
@@ -195,24 +237,15 @@ fn proxy(args: ProxyArgs) -> ExitCode {
     let https = listen(args.https, &cfg.listen.https, None);
     let config_dir = args
         .config
-        .parent()
+        .as_deref()
+        .and_then(Path::parent)
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
     let admin = listen(args.admin, &cfg.listen.admin, Some("127.0.0.1:9901"))
         .expect("the default address parses");
-    let admin_token = match &args.admin_token_file {
-        None => None,
-        Some(p) => match std::fs::read_to_string(p) {
-            Ok(t) if !t.trim().is_empty() => Some(t.trim().to_owned()),
-            Ok(_) => {
-                eprintln!("error: admin token file {} is empty", p.display());
-                return ExitCode::from(1);
-            }
-            Err(e) => {
-                eprintln!("error: cannot read admin token file {}: {e}", p.display());
-                return ExitCode::from(1);
-            }
-        },
+    let admin_token = match read_token(args.admin_token_file.as_deref()) {
+        Ok(t) => t,
+        Err(code) => return code,
     };
     let threads = args
         .threads
@@ -236,9 +269,9 @@ fn proxy(args: ProxyArgs) -> ExitCode {
         }
     };
     let state = server::new_state();
-    server::run(
+    server::run_with_xds(
         ProxyOptions {
-            config_path: Some(args.config),
+            config_path: args.config,
             config: cfg,
             http,
             internal,
@@ -252,5 +285,50 @@ fn proxy(args: ProxyArgs) -> ExitCode {
         },
         &rt,
         state,
+        args.xds,
     )
+}
+
+/// The admin token from `--admin-token-file`, if given; exit 1 when it cannot be read.
+fn read_token(file: Option<&Path>) -> Result<Option<String>, ExitCode> {
+    let Some(p) = file else { return Ok(None) };
+    match std::fs::read_to_string(p) {
+        Ok(t) if !t.trim().is_empty() => Ok(Some(t.trim().to_owned())),
+        Ok(_) => {
+            eprintln!("error: admin token file {} is empty", p.display());
+            Err(ExitCode::from(1))
+        }
+        Err(e) => {
+            eprintln!("error: cannot read admin token file {}: {e}", p.display());
+            Err(ExitCode::from(1))
+        }
+    }
+}
+
+fn control(args: ControlArgs) -> ExitCode {
+    init_logging(args.log_level.as_deref());
+    let cfg = match load_file(&args.config) {
+        Ok(c) => c,
+        Err(lines) => {
+            for l in lines {
+                eprintln!("{l}");
+            }
+            eprintln!(
+                "error: invalid config {}, not starting",
+                args.config.display()
+            );
+            return ExitCode::from(1);
+        }
+    };
+    let admin_token = match read_token(args.admin_token_file.as_deref()) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    crate::xds::run_control(crate::xds::ControlOptions {
+        config_path: args.config,
+        config: cfg,
+        xds_listen: args.xds_listen,
+        admin: args.admin,
+        admin_token,
+    })
 }

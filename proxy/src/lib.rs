@@ -6,6 +6,7 @@
 //! - [`state`]: the config snapshot behind one `ArcSwap`, and config/endpoint updates.
 //! - [`admin`]: health, metrics and the control API.
 //! - [`server`], [`cli`], [`demo`]: process wiring and the `weir` command line.
+//! - [`xds`]: the state as xDS sink (`weir proxy --xds`) and source (`weir control`).
 
 pub mod admin;
 pub mod autoscaler;
@@ -18,6 +19,7 @@ pub mod server;
 pub mod state;
 pub mod stats;
 pub mod tls;
+pub mod xds;
 
 /// mimalloc: about 10% less CPU per request than glibc malloc for pingora on these machines
 /// (see the README's performance notes).

@@ -144,6 +144,9 @@ enum Decision {
 
 impl WeirProxy {
     fn route(&self, req: &RequestHeader, ctx: &mut Ctx) -> Decision {
+        if let Some((code, why)) = malformed(req) {
+            return Decision::Respond(code, why.into());
+        }
         let host = match req.headers.get(header::HOST) {
             Some(h) => h.as_bytes(),
             None => match req.uri.authority() {
@@ -355,6 +358,17 @@ impl ProxyHttp for WeirProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if session
+            .req_header()
+            .headers
+            .contains_key(header::TRANSFER_ENCODING)
+            && sent_content_length(session)
+        {
+            // pingora drops Content-Length when Transfer-Encoding is present (RFC 9112 6.3);
+            // a request that carried both is a smuggling attempt and is refused outright.
+            respond(session, 400, "both Content-Length and Transfer-Encoding\n").await?;
+            return Ok(true);
+        }
         match self.route(session.req_header(), ctx) {
             Decision::Proxy => Ok(false),
             Decision::Respond(code, body) => {
@@ -562,6 +576,34 @@ fn failure_code(f: Failure) -> u16 {
         Failure::HoldTimeout => 504,
         Failure::ClientGone => 499,
     }
+}
+
+/// Largest total of request header names and values accepted (then 431).
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// Requests pingora's parser lets through but that must never reach a backend: both
+/// `Content-Length` and `Transfer-Encoding` (the classic smuggling vector, RFC 9112 section
+/// 6.3 allows rejecting it) and oversized header sections.
+fn malformed(req: &RequestHeader) -> Option<(u16, &'static str)> {
+    let h = &req.headers;
+    if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
+        return Some((400, "both Content-Length and Transfer-Encoding\n"));
+    }
+    let size: usize = h.iter().map(|(n, v)| n.as_str().len() + v.len()).sum();
+    if size > MAX_HEADER_BYTES {
+        return Some((431, "request header fields too large\n"));
+    }
+    None
+}
+
+/// Whether the client's raw HTTP/1 header section had a `Content-Length` line.
+fn sent_content_length(session: &Session) -> bool {
+    let Some(h1) = session.as_downstream().as_http1() else {
+        return false;
+    };
+    h1.get_headers_raw_bytes()
+        .split(|&b| b == b'\n')
+        .any(|line| line.len() > 15 && line[..15].eq_ignore_ascii_case(b"content-length:"))
 }
 
 /// `X-Forwarded-For` with the client's address appended.

@@ -55,6 +55,17 @@ pub fn control_runtime() -> std::io::Result<tokio::runtime::Runtime> {
 
 /// Starts the proxy; returns only on a failed start (pingora exits the process itself).
 pub fn run(opts: ProxyOptions, rt: &tokio::runtime::Runtime, state: Arc<State>) -> ExitCode {
+    run_with_xds(opts, rt, state, None)
+}
+
+/// [`run`], with routes and revisions from the ADS server at `xds` (`weir proxy --xds`):
+/// not ready until its first complete sync; the config file still gives everything else.
+pub fn run_with_xds(
+    opts: ProxyOptions,
+    rt: &tokio::runtime::Runtime,
+    state: Arc<State>,
+    xds: Option<String>,
+) -> ExitCode {
     let drain = opts
         .config
         .drain_timeout
@@ -84,6 +95,10 @@ pub fn run(opts: ProxyOptions, rt: &tokio::runtime::Runtime, state: Arc<State>) 
         }
         eprintln!("error: invalid config, not starting");
         return ExitCode::from(1);
+    }
+    if xds.is_some() {
+        // Ready again on the first config the xDS stream completes (State::apply sets it).
+        state.set_ready(false);
     }
 
     if let Err(why) = admin::check_bind(&opts.admin, opts.admin_token.as_deref()) {
@@ -131,7 +146,17 @@ pub fn run(opts: ProxyOptions, rt: &tokio::runtime::Runtime, state: Arc<State>) 
         rt.spawn(drain_on_sigterm(active.clone(), drain));
         rt.spawn(crate::autoscaler::run(state.clone(), reporter));
         if let Some(path) = opts.config_path.clone() {
-            rt.spawn(reload_on_sighup(path, state.clone()));
+            rt.spawn(reload_on_sighup(path, state.clone(), xds.is_some()));
+        }
+        if let Some(url) = xds.clone() {
+            let sink = Arc::new(crate::xds::StateSink {
+                state: state.clone(),
+            });
+            rt.spawn(weir_control::xds::run_client(
+                url,
+                opts.node_id.clone(),
+                sink,
+            ));
         }
     }
 
@@ -233,7 +258,8 @@ async fn drain_on_sigterm(active: Arc<Active>, drain: Duration) {
 }
 
 /// Re-reads the config file on every SIGHUP; a bad file is logged and changes nothing.
-async fn reload_on_sighup(path: PathBuf, state: Arc<State>) {
+/// With `keep_routes` (routes come from xDS) only the file's other settings are taken.
+pub(crate) async fn reload_on_sighup(path: PathBuf, state: Arc<State>, keep_routes: bool) {
     let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
         return;
     };
@@ -251,6 +277,11 @@ async fn reload_on_sighup(path: PathBuf, state: Arc<State>) {
                     path.display()
                 )
             })?;
+            let cfg = if keep_routes {
+                crate::xds::with_routes(&cfg, state.config_view().1)
+            } else {
+                cfg
+            };
             state.apply(cfg, "sighup").map_err(|errs| {
                 format!("SIGHUP: config rejected, keeping the running config:\n{errs}")
             })

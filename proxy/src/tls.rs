@@ -4,7 +4,7 @@
 //! is applied, and swapped in atomically with it: open connections keep the certificate they
 //! were made with, the next handshake gets the new one. A name is matched exactly, then as
 //! a wildcard (`*.example.com` covers `a.example.com`, not `a.b.example.com`). A handshake
-//! with an unknown SNI, or none, fails cleanly (rustls sends `unrecognized_name`): Weir has
+//! with an unknown SNI, or none, fails cleanly with a TLS alert: Weir has
 //! no default certificate, so it never presents a certificate for a host it does not serve.
 
 use std::collections::HashMap;

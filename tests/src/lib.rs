@@ -2,16 +2,22 @@
 //!
 //! - [`Weir`]: a real `weir proxy` process on free ports, ready before it is handed out,
 //!   killed on drop, its output printed when a test panics.
+//! - [`WeirControl`]: a real `weir control` process (xDS server + control API), killed on
+//!   drop, restartable on the same xDS port.
 //! - [`Backend`]: a revision stand-in (hyper, HTTP/1.1 keep-alive) that echoes what it
 //!   received as JSON and counts requests and concurrency.
 //! - [`client`]: requests with an explicit `Host`, a raw HTTP/1.1 client for headers a
 //!   normal client would not send.
 //! - [`admin`]: the control API, `/v1/stats` and `/metrics` from a test, and polling.
+//! - [`tls`]: a test CA issuing certificates, a TLS client that shows what it negotiated,
+//!   and HTTP/1.1 or HTTP/2 (TLS or h2c) connections.
 
 pub mod admin;
 pub mod backend;
 pub mod client;
+pub mod control;
 pub mod metrics;
+pub mod tls;
 pub mod weir;
 
 pub use admin::{eventually, find_sample, put_json};
@@ -19,6 +25,7 @@ pub use backend::Backend;
 pub use client::{
     dead_endpoint, dead_port, get, new_client, raw_request, send, try_send, Response,
 };
+pub use control::WeirControl;
 pub use metrics::{parse_metrics, Sample};
 pub use weir::{free_port, Signal, Weir, WeirBuilder};
 

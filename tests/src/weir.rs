@@ -39,9 +39,38 @@ pub struct WeirBuilder {
     config: serde_json::Value,
     args: Vec<String>,
     ready_timeout: Duration,
+    https: bool,
+    /// Pass `--config` (off for `weir proxy --xds URL` alone).
+    config_flag: bool,
+    /// Written into the config's directory before the process starts (path relative to it).
+    files: Vec<(PathBuf, Vec<u8>)>,
 }
 
 impl WeirBuilder {
+    /// Also serve the https listener (`--https` on a free port): certificates come from the
+    /// config's `tls` entries, whose paths are relative to the config's directory (see
+    /// [`WeirBuilder::file`] and [`Weir::dir`]).
+    pub fn https(mut self) -> Self {
+        self.https = true;
+        self
+    }
+
+    /// A file written into the config's directory before the process starts, e.g. a
+    /// certificate named by the config's `tls` entries. `path` is relative to that directory.
+    pub fn file(mut self, path: impl Into<PathBuf>, contents: impl Into<Vec<u8>>) -> Self {
+        let path = path.into();
+        assert!(path.is_relative(), "{} is not relative", path.display());
+        self.files.push((path, contents.into()));
+        self
+    }
+
+    /// Start without `--config` (the config file is still written, but not passed): for
+    /// `weir proxy --xds URL`, which then needs no file.
+    pub fn without_config_flag(mut self) -> Self {
+        self.config_flag = false;
+        self
+    }
+
     /// An extra command-line argument after the generated ones.
     pub fn arg(mut self, arg: impl Into<String>) -> Self {
         self.args.push(arg.into());
@@ -63,10 +92,18 @@ impl WeirBuilder {
         let config_path = dir.path().join("weir.json");
         let text = serde_json::to_vec_pretty(&self.config).expect("serialise the config");
         fs::write(&config_path, text).expect("write the config");
+        for (path, contents) in &self.files {
+            let path = dir.path().join(path);
+            if let Some(parent) = path.parent() {
+                fs::create_dir_all(parent).expect("create a directory for a file");
+            }
+            fs::write(&path, contents).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        }
 
         let mut dir = Some(dir);
         for attempt in 0..2 {
-            let [http, internal, admin] = free_addrs::<3>();
+            let [http, internal, admin, https] = free_addrs::<4>();
+            let https = self.https.then_some(https);
             let stdout_path = dir
                 .as_ref()
                 .unwrap()
@@ -77,10 +114,15 @@ impl WeirBuilder {
                 .unwrap()
                 .path()
                 .join(format!("stderr.{attempt}.log"));
-            let child = Command::new(&self.bin)
-                .arg("proxy")
-                .arg("--config")
-                .arg(&config_path)
+            let mut cmd = Command::new(&self.bin);
+            cmd.arg("proxy");
+            if let Some(addr) = https {
+                cmd.arg("--https").arg(addr.to_string());
+            }
+            if self.config_flag {
+                cmd.arg("--config").arg(&config_path);
+            }
+            let child = cmd
                 .arg("--http")
                 .arg(http.to_string())
                 .arg("--internal")
@@ -102,6 +144,7 @@ impl WeirBuilder {
                 http,
                 internal,
                 admin,
+                https,
                 status: None,
             };
             match weir.wait_ready(self.ready_timeout) {
@@ -137,6 +180,7 @@ pub struct Weir {
     http: SocketAddr,
     internal: SocketAddr,
     admin: SocketAddr,
+    https: Option<SocketAddr>,
     status: Option<ExitStatus>,
 }
 
@@ -153,6 +197,9 @@ impl Weir {
             config: config.clone(),
             args: Vec::new(),
             ready_timeout: READY_TIMEOUT,
+            https: false,
+            config_flag: true,
+            files: Vec::new(),
         }
     }
 
@@ -183,8 +230,22 @@ impl Weir {
         self.admin
     }
 
+    /// The https listener (`WeirBuilder::https`); panics when it was not asked for.
+    pub fn https_addr(&self) -> SocketAddr {
+        self.https
+            .expect("this weir has no https listener: start it with WeirBuilder::https")
+    }
+
     pub fn config_path(&self) -> &Path {
         &self.config_path
+    }
+
+    /// The config's directory: relative paths in the config (`tls[].cert`, `tls[].key`) are
+    /// relative to it. Removed when the process is dropped.
+    pub fn dir(&self) -> &Path {
+        self.config_path
+            .parent()
+            .expect("the config file is inside a directory")
     }
 
     /// Replaces the config file (atomically: a new file renamed over the old one), e.g.
@@ -249,7 +310,7 @@ impl Weir {
         }
     }
 
-    /// Ready: `GET /readyz` answers 200 and both data-plane listeners accept connections.
+    /// Ready: `GET /readyz` answers 200 and every data-plane listener accepts connections.
     /// `Err(Some(status))` when the process exited, `Err(None)` on timeout.
     fn wait_ready(&mut self, timeout: Duration) -> Result<(), Option<ExitStatus>> {
         let deadline = Instant::now() + timeout;
@@ -259,7 +320,8 @@ impl Weir {
             }
             let ready = matches!(blocking_get(self.admin, "/readyz"), Ok((200, _)))
                 && connects(self.http)
-                && connects(self.internal);
+                && connects(self.internal)
+                && self.https.is_none_or(connects);
             if ready {
                 return Ok(());
             }
