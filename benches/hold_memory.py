@@ -84,7 +84,7 @@ async def main():
     json.dump(cfg, open(path, "w"))
     proc = subprocess.Popen([WEIR, "proxy", "--config", path, "--http", f"127.0.0.1:{http_port}",
                              "--admin", f"127.0.0.1:{admin_port}", "--threads", "1",
-                             "--log-level", "warn"])
+                             "--log-level", "error"], stderr=subprocess.DEVNULL)
     try:
         for _ in range(200):
             try:
@@ -109,18 +109,18 @@ async def main():
                 break
             await asyncio.sleep(0.1)
         full = rss_kib(proc.pid)
+        print(f"held requests:            {held}")
+        print(f"proxy RSS idle / held:    {base / 1024:.1f} MiB / {full / 1024:.1f} MiB")
+        print(f"memory per held request:  {(full - base) * 1024 / max(held, 1):.0f} bytes "
+              f"({(full - base) / 1024:.1f} MiB for {held}; connection state included)", flush=True)
         t0 = time.monotonic()
         status, _ = admin(admin_port, "PUT", "/v1/revisions/default/sleepy-1/endpoints",
                           {"endpoints": [f"127.0.0.1:{be_port}"]})
         t1 = time.monotonic()
-        await asyncio.wait_for(asyncio.gather(*tasks), timeout=120)
+        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=120)
         ok = sum(1 for _, line in done if b" 200 " in line)
         first = min(t for t, _ in done) - t1
         last = max(t for t, _ in done) - t1
-        print(f"held requests:            {held}")
-        print(f"proxy RSS idle / held:    {base / 1024:.1f} MiB / {full / 1024:.1f} MiB")
-        print(f"memory per held request:  {(full - base) * 1024 / max(held, 1):.0f} bytes "
-              f"({(full - base) / 1024:.1f} MiB for {held})")
         print(f"endpoints API answered:   {status} in {(t1 - t0) * 1000:.1f} ms")
         print(f"first / last response:    +{first * 1000:.1f} ms / +{last * 1000:.1f} ms "
               f"after the API's answer ({ok}/{N} got 200)")
