@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use http::HeaderValue;
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::proxy::http_proxy_service_with_name;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
@@ -43,6 +44,9 @@ pub struct ProxyOptions {
     pub autoscaler_url: Option<String>,
     pub node_id: String,
 }
+
+/// Read-ahead buffer of a plain-listener connection (pingora's default is 64 KiB).
+const L4_READ_BUFFER: usize = 4 * 1024;
 
 /// The runtime of everything that is not the data plane: admin API, signals, demo backends.
 pub fn control_runtime() -> std::io::Result<tokio::runtime::Runtime> {
@@ -206,7 +210,14 @@ pub fn run_with_xds(
                     options.h2c = true;
                     app.server_options = Some(options);
                 }
-                svc.add_tcp(&addr.to_string());
+                // pingora reads each connection through a 64 KiB buffer by default, kept for
+                // the connection's life: ~64 KiB per idle or held client. Header and body
+                // reads bring their own buffers (larger reads bypass this one), so 4 KiB of
+                // read-ahead is plenty and makes 10,000 held requests ~600 MB lighter.
+                svc.add_listener(
+                    ListenerConfig::tcp(addr.to_string())
+                        .l4_buffer(L4BufferSettings::default().read(L4_READ_BUFFER)),
+                );
             }
         }
         server.add_service(svc);
