@@ -64,12 +64,32 @@ pub fn find_sample<'a>(
         .find(|s| s.name == name && labels.iter().all(|(k, v)| s.label(k) == Some(*v)))
 }
 
+/// `PUT /v1/config` on the admin API at `admin_url` (a proxy's or a control plane's);
+/// panics unless the answer is 200.
+pub async fn put_config_at(admin_url: &str, config: &Value) -> Response {
+    let r = put_json(&format!("{admin_url}/v1/config"), config).await;
+    assert_eq!(r.status, 200, "PUT /v1/config: {r:?}");
+    r
+}
+
+/// `PUT /v1/revisions/{ns}/{name}/endpoints` on the admin API at `admin_url`; panics unless
+/// the answer is 200.
+pub async fn put_endpoints_at(
+    admin_url: &str,
+    namespace: &str,
+    name: &str,
+    endpoints: &[String],
+) -> Response {
+    let url = format!("{admin_url}/v1/revisions/{namespace}/{name}/endpoints");
+    let r = put_json(&url, &serde_json::json!({ "endpoints": endpoints })).await;
+    assert_eq!(r.status, 200, "PUT {url}: {r:?}");
+    r
+}
+
 impl Weir {
     /// `PUT /v1/config` with `config`; panics unless the answer is 200.
     pub async fn put_config(&self, config: &Value) -> Response {
-        let r = put_json(&format!("{}/v1/config", self.admin_url()), config).await;
-        assert_eq!(r.status, 200, "PUT /v1/config: {r:?}");
-        r
+        put_config_at(&self.admin_url(), config).await
     }
 
     /// `PUT /v1/revisions/{ns}/{name}/endpoints`; panics unless the answer is 200.
@@ -79,13 +99,7 @@ impl Weir {
         name: &str,
         endpoints: &[String],
     ) -> Response {
-        let url = format!(
-            "{}/v1/revisions/{namespace}/{name}/endpoints",
-            self.admin_url()
-        );
-        let r = put_json(&url, &serde_json::json!({ "endpoints": endpoints })).await;
-        assert_eq!(r.status, 200, "PUT {url}: {r:?}");
-        r
+        put_endpoints_at(&self.admin_url(), namespace, name, endpoints).await
     }
 
     /// `GET /v1/stats`, as JSON.

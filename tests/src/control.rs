@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::admin::put_json;
 use crate::client::Response;
 use crate::weir::blocking_get;
 
@@ -121,9 +120,7 @@ impl WeirControl {
 
     /// `PUT /v1/config`; panics unless the answer is 200.
     pub async fn put_config(&self, config: &Value) -> Response {
-        let r = put_json(&format!("{}/v1/config", self.admin_url()), config).await;
-        assert_eq!(r.status, 200, "PUT /v1/config: {r:?}");
-        r
+        crate::admin::put_config_at(&self.admin_url(), config).await
     }
 
     /// `PUT /v1/revisions/{ns}/{name}/endpoints`; panics unless the answer is 200.
@@ -133,13 +130,7 @@ impl WeirControl {
         name: &str,
         endpoints: &[String],
     ) -> Response {
-        let url = format!(
-            "{}/v1/revisions/{namespace}/{name}/endpoints",
-            self.admin_url()
-        );
-        let r = put_json(&url, &serde_json::json!({ "endpoints": endpoints })).await;
-        assert_eq!(r.status, 200, "PUT {url}: {r:?}");
-        r
+        crate::admin::put_endpoints_at(&self.admin_url(), namespace, name, endpoints).await
     }
 
     /// SIGKILL, as a crash: no goodbye to the proxies.
