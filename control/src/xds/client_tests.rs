@@ -3,14 +3,14 @@
 
 use serde_json::json;
 use weir_config::Config;
-use xds_api::pb::envoy::config::route::v3::{route, route_action};
+use xds_api::pb::envoy::config::route::v3::{route, route_action, RouteConfiguration};
 use xds_api::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use xds_api::pb::google::protobuf::{Any, UInt32Value};
 
 use super::*;
 use crate::translate::{load_assignment, to_resources, Resources};
 
-fn config() -> Config {
+pub(crate) fn config() -> Config {
     serde_json::from_value(json!({
         "services": [
             {"name": "hello", "traffic": [
@@ -55,6 +55,22 @@ fn nack(out: &Output) -> (&DiscoveryRequest, &str) {
     assert!(out.update.is_none());
     (r, &e.message)
 }
+
+/// Makes the first split of `config()`'s routes add up to 90; NACKed as [`WEIGHTS_90`].
+pub(crate) fn break_weights(routes: &mut [RouteConfiguration]) {
+    let Some(route::Action::Route(a)) = &mut routes[0].virtual_hosts[0].routes[0].action else {
+        panic!("a route action")
+    };
+    let Some(route_action::ClusterSpecifier::WeightedClusters(wc)) = &mut a.cluster_specifier
+    else {
+        panic!("weighted clusters")
+    };
+    wc.clusters[1].weight = Some(UInt32Value { value: 0 });
+}
+
+/// The NACK message of [`break_weights`].
+pub(crate) const WEIGHTS_90: &str = "RouteConfiguration \"external_services\": virtual_hosts[0] \
+    (\"default/hello\").routes[0].route.weighted_clusters: weights add up to 90; they must add up to 100";
 
 /// A client synced on `config()` at version "1".
 fn synced() -> (AdsClient, Resources) {
@@ -104,14 +120,7 @@ fn initial_requests_subscribe_to_everything() {
 #[test]
 fn bad_weights_are_nacked_and_change_nothing() {
     let (mut c, mut res) = synced();
-    let Some(route::Action::Route(a)) = &mut res.routes[0].virtual_hosts[0].routes[0].action else {
-        panic!()
-    };
-    let Some(route_action::ClusterSpecifier::WeightedClusters(wc)) = &mut a.cluster_specifier
-    else {
-        panic!()
-    };
-    wc.clusters[1].weight = Some(UInt32Value { value: 0 });
+    break_weights(&mut res.routes);
     let out = c.on_response(response(Kind::Routes, "2", "n4", &res.routes));
     let (r, msg) = nack(&out);
     assert_eq!(
@@ -119,11 +128,7 @@ fn bad_weights_are_nacked_and_change_nothing() {
         "the NACK carries the last good version"
     );
     assert_eq!(r.response_nonce, "n4");
-    assert_eq!(
-        msg,
-        "RouteConfiguration \"external_services\": virtual_hosts[0] (\"default/hello\")\
-         .routes[0].route.weighted_clusters: weights add up to 90; they must add up to 100"
-    );
+    assert_eq!(msg, WEIGHTS_90);
     // The last good state stays: endpoints still flow, a later good response still applies.
     let cla = load_assignment("default/hello-2", &["127.0.0.1:9002".into()]);
     let out = c.on_response(response(Kind::Endpoints, "3", "n5", &[cla]));

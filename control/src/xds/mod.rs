@@ -1,12 +1,16 @@
-//! xDS over ADS (envoy.service.discovery.v3, state of the world): the resource kinds Weir
-//! speaks, the sans-io [`client::AdsClient`], its I/O [`task`], and the [`server`] of
-//! `weir control`.
+//! xDS over ADS (envoy.service.discovery.v3, state of the world and delta): the resource
+//! kinds Weir speaks, the sans-io clients ([`client::AdsClient`] for state of the world,
+//! [`delta_client::DeltaClient`] for delta, both over the shared `state`), their I/O
+//! [`task`], and the [`server`] of `weir control`.
 
 pub mod client;
+pub mod delta_client;
 pub mod server;
+mod state;
 pub mod task;
 
 pub use client::{AdsClient, Output, Update};
+pub use delta_client::{DeltaClient, DeltaOutput};
 pub use server::{ChangeFeed, SnapshotSource, SourceChange};
 pub use task::{run_client, XdsSink};
 

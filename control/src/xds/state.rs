@@ -1,0 +1,477 @@
+//! What the ADS clients hold, whatever the protocol: the accepted resources by name, the
+//! config last handed out, and the rules that judge a response against them. The state of
+//! the world client ([`super::client`]) and the delta client ([`super::delta_client`]) only
+//! add their own bookkeeping (versions, nonces, request shapes) around a [`Store`].
+//!
+//! - Each resource is translated on arrival ([`decode`]); any problem rejects the whole
+//!   response and nothing of it is applied.
+//! - A route naming a cluster the store does not have is rejected. A response that drops a
+//!   cluster the routes still use is accepted but held back until the routes stop naming it
+//!   (servers send the route change next); nothing half-done is ever applied.
+//! - The first config is emitted once routes and clusters (and endpoints, when a cluster uses
+//!   EDS) have arrived. After that, route or cluster changes emit a whole config and
+//!   endpoint-only changes emit just the changed endpoints.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use prost::Message;
+use weir_config::Config;
+use xds_api::pb::envoy::config::cluster::v3::Cluster;
+use xds_api::pb::envoy::config::core::v3::{node, Node};
+use xds_api::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use xds_api::pb::envoy::config::route::v3::RouteConfiguration;
+use xds_api::pb::google::protobuf::Any;
+use xds_api::pb::google::rpc::Status;
+
+use super::{Kind, INVALID_ARGUMENT};
+use crate::translate::from_xds::{self, compose, join_errors, ClusterSpec, RouteSet};
+use crate::translate::TranslateError;
+
+/// Longest NACK message sent (the first errors are the useful ones).
+const MAX_DETAIL: usize = 4096;
+
+/// What a response changes in the proxy.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Update {
+    /// A whole new config (ingresses and revisions); boxed, it is large.
+    Config(Box<Config>),
+    /// Only these revisions' endpoints: (namespace, name, endpoints).
+    Endpoints(Vec<(String, String, Vec<String>)>),
+}
+
+/// The requests to send (the ACK or NACK of the response) and the update to apply;
+/// `R` is the protocol's request type.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Output<R> {
+    pub requests: Vec<R>,
+    pub update: Option<Update>,
+}
+
+/// The resources of one response, translated.
+#[derive(Debug)]
+pub(super) enum Decoded {
+    Routes(Vec<(String, RouteSet)>),
+    Clusters(Vec<(String, ClusterSpec)>),
+    Endpoints(Vec<(String, Vec<String>)>),
+}
+
+impl Decoded {
+    /// The resource names, in response order.
+    pub(super) fn names(&self) -> Vec<&str> {
+        fn names<T>(v: &[(String, T)]) -> Vec<&str> {
+            v.iter().map(|(n, _)| n.as_str()).collect()
+        }
+        match self {
+            Decoded::Routes(v) => names(v),
+            Decoded::Clusters(v) => names(v),
+            Decoded::Endpoints(v) => names(v),
+        }
+    }
+}
+
+/// Which held resources of the response's type a response removes.
+#[derive(Clone, Copy)]
+pub(super) enum Removed<'a> {
+    /// These names (delta's `removed_resources`; none for a SotW route or CLA response).
+    Names(&'a [String]),
+    /// Every name the response does not carry (a SotW Cluster response is the whole set).
+    AllOthers,
+}
+
+#[derive(Debug)]
+struct TypeState<T> {
+    /// Whether a response of this type was accepted (the first sync waits for it).
+    received: bool,
+    items: BTreeMap<String, T>,
+}
+
+impl<T> Default for TypeState<T> {
+    fn default() -> Self {
+        TypeState {
+            received: false,
+            items: BTreeMap::new(),
+        }
+    }
+}
+
+/// The config last handed out, with what an endpoint update needs to find its revisions.
+#[derive(Debug)]
+struct Applied {
+    config: Config,
+    /// CLA name -> indexes into `config.revisions` of the EDS clusters that use it.
+    eds: HashMap<String, Vec<usize>>,
+}
+
+/// How to take back the update of the last accepted response.
+#[derive(Debug)]
+enum Undo {
+    /// The config in force before it (boxed: it is large, and endpoint undos are common).
+    Config(Option<Box<Applied>>),
+    /// (revision index, endpoints before) of an endpoint-only update.
+    Endpoints(Vec<(usize, Vec<String>)>),
+}
+
+/// The accepted resources and the config handed out, of one proxy; it outlives streams and
+/// the switch between delta and state-of-the-world streams.
+#[derive(Debug)]
+pub(super) struct Store {
+    pub(super) node: Node,
+    routes: TypeState<RouteSet>,
+    clusters: TypeState<ClusterSpec>,
+    endpoints: TypeState<Vec<String>>,
+    applied: Option<Applied>,
+    undo: Option<Undo>,
+}
+
+/// The update of an accepted response, or the NACK message.
+pub(super) type Judged = Result<Option<Update>, String>;
+
+impl Store {
+    pub(super) fn new(node_id: String) -> Store {
+        Store {
+            node: Node {
+                id: node_id,
+                user_agent_name: "weir".into(),
+                user_agent_version_type: Some(node::UserAgentVersionType::UserAgentVersion(
+                    env!("CARGO_PKG_VERSION").into(),
+                )),
+                ..Default::default()
+            },
+            routes: TypeState::default(),
+            clusters: TypeState::default(),
+            endpoints: TypeState::default(),
+            applied: None,
+            undo: None,
+        }
+    }
+
+    /// Whether a complete config has been handed out.
+    pub(super) fn synced(&self) -> bool {
+        self.applied.is_some()
+    }
+
+    /// The names held of one type.
+    pub(super) fn names(&self, kind: Kind) -> Vec<&str> {
+        fn keys<T>(m: &BTreeMap<String, T>) -> Vec<&str> {
+            m.keys().map(String::as_str).collect()
+        }
+        match kind {
+            Kind::Routes => keys(&self.routes.items),
+            Kind::Cluster => keys(&self.clusters.items),
+            Kind::Endpoints => keys(&self.endpoints.items),
+        }
+    }
+
+    /// Judges one response's resources (and removals) against the state: the update to
+    /// hand out, or the NACK message and no change at all.
+    pub(super) fn judge(&mut self, decoded: Decoded, removed: Removed<'_>) -> Judged {
+        self.undo = None;
+        match decoded {
+            Decoded::Routes(sets) => self.on_routes(sets, removed),
+            Decoded::Clusters(specs) => self.on_clusters(specs, removed),
+            Decoded::Endpoints(clas) => self.on_endpoints(clas, removed),
+        }
+    }
+
+    /// The proxy refused the update of the last accepted response: back to the config it
+    /// still has. The resources stay, so the next change retries them.
+    pub(super) fn roll_back(&mut self) {
+        match self.undo.take() {
+            Some(Undo::Config(Some(prev))) => self.applied = Some(*prev),
+            Some(Undo::Config(None)) => self.applied = None,
+            Some(Undo::Endpoints(before)) => {
+                if let Some(applied) = &mut self.applied {
+                    for (i, eps) in before {
+                        applied.config.revisions[i].endpoints = eps;
+                    }
+                }
+            }
+            None => {}
+        }
+    }
+
+    fn on_routes(&mut self, sets: Vec<(String, RouteSet)>, removed: Removed<'_>) -> Judged {
+        if self.clusters.received {
+            let missing: Vec<TranslateError> = sets
+                .iter()
+                .flat_map(|(name, set)| {
+                    set.vhosts.iter().flat_map(move |vh| {
+                        vh.clusters.iter().map(move |(c, field)| (name, c, field))
+                    })
+                })
+                .filter(|(_, c, _)| !self.clusters.items.contains_key(*c))
+                .map(|(name, c, field)| {
+                    TranslateError::new(
+                        format!("RouteConfiguration {name:?}"),
+                        field.clone(),
+                        format!("cluster {c:?} is not among the Clusters received"),
+                    )
+                })
+                .collect();
+            if !missing.is_empty() {
+                return Err(detail(&missing));
+            }
+        }
+        let undo = merge(&mut self.routes.items, sets, removed);
+        let was_received = std::mem::replace(&mut self.routes.received, true);
+        self.recompose(Kind::Routes).inspect_err(|_| {
+            unmerge(&mut self.routes.items, undo);
+            self.routes.received = was_received;
+        })
+    }
+
+    fn on_clusters(&mut self, specs: Vec<(String, ClusterSpec)>, removed: Removed<'_>) -> Judged {
+        let undo = merge(&mut self.clusters.items, specs, removed);
+        let was_received = std::mem::replace(&mut self.clusters.received, true);
+        if self.applied.is_some() && !self.routed_cluster_changed(&undo) {
+            // Only clusters no route names were added, changed or removed: nothing routed
+            // changes, so skip composing and validating the whole config again (the usual
+            // case: new clusters arrive ahead of the routes that will name them).
+            return Ok(None);
+        }
+        self.recompose(Kind::Cluster).inspect_err(|_| {
+            unmerge(&mut self.clusters.items, undo);
+            self.clusters.received = was_received;
+        })
+    }
+
+    fn on_endpoints(&mut self, clas: Vec<(String, Vec<String>)>, removed: Removed<'_>) -> Judged {
+        let was_received = std::mem::replace(&mut self.endpoints.received, true);
+        let Some(applied) = &mut self.applied else {
+            // Before the first sync: these may be what completes it.
+            let undo = merge(&mut self.endpoints.items, clas, removed);
+            return self.recompose(Kind::Endpoints).inspect_err(|_| {
+                unmerge(&mut self.endpoints.items, undo);
+                self.endpoints.received = was_received;
+            });
+        };
+        // Endpoint-only: routes and clusters are untouched, so no recompile is needed. A
+        // removed load assignment leaves its EDS clusters without endpoints.
+        let gone: &[String] = match removed {
+            Removed::Names(names) => names,
+            Removed::AllOthers => &[],
+        };
+        let none = Vec::new();
+        let new = clas
+            .iter()
+            .map(|(name, eps)| (name, eps))
+            .chain(gone.iter().map(|name| (name, &none)));
+        let mut changed = Vec::new();
+        let mut before = Vec::new();
+        for (name, eps) in new {
+            for &i in applied.eds.get(name).into_iter().flatten() {
+                let rev = &mut applied.config.revisions[i];
+                if rev.endpoints != *eps {
+                    before.push((i, std::mem::replace(&mut rev.endpoints, eps.clone())));
+                    changed.push((rev.namespace.clone(), rev.name.clone(), eps.clone()));
+                }
+            }
+        }
+        merge(&mut self.endpoints.items, clas, removed);
+        if changed.is_empty() {
+            return Ok(None);
+        }
+        self.undo = Some(Undo::Endpoints(before));
+        Ok(Some(Update::Endpoints(changed)))
+    }
+
+    /// Whether a cluster that some route names is among those `undo` says were touched and
+    /// differs from what it was.
+    fn routed_cluster_changed(&self, undo: &[(String, Option<ClusterSpec>)]) -> bool {
+        let touched: HashMap<&str, Option<&ClusterSpec>> = undo
+            .iter()
+            .map(|(n, old)| (n.as_str(), old.as_ref()))
+            .collect();
+        self.routes
+            .items
+            .values()
+            .flat_map(|set| set.vhosts.iter())
+            .flat_map(|vh| vh.clusters.iter())
+            .any(|(c, _)| {
+                touched
+                    .get(c.as_str())
+                    .is_some_and(|old| *old != self.clusters.items.get(c))
+            })
+    }
+
+    /// Composes the accepted sets after a `kind` response; `Ok(None)` when not complete yet
+    /// or unchanged.
+    fn recompose(&mut self, kind: Kind) -> Judged {
+        let eds_needed = self.clusters.items.values().any(|c| c.eds_name.is_some());
+        if !(self.routes.received
+            && self.clusters.received
+            && (self.endpoints.received || !eds_needed))
+        {
+            log::info!(
+                "xDS: {} accepted; waiting for the rest of the first sync",
+                kind.label()
+            );
+            return Ok(None);
+        }
+        let composed = match compose(
+            &self.routes.items,
+            &self.clusters.items,
+            &self.endpoints.items,
+        ) {
+            Ok(c) => c,
+            Err(missing) => {
+                // Routes are checked on arrival, so this is a response that dropped clusters
+                // still routed to: hold it until the routes follow.
+                log::warn!(
+                    "xDS: {} accepted but not applied until the routes stop naming missing clusters: {}",
+                    kind.label(),
+                    join_errors(&missing, 3)
+                );
+                return Ok(None);
+            }
+        };
+        composed.check().map_err(|errs| detail(&errs))?;
+        if self
+            .applied
+            .as_ref()
+            .is_some_and(|a| a.config == composed.config)
+        {
+            return Ok(None);
+        }
+        let mut eds: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, cluster) in composed.clusters.iter().enumerate() {
+            if let Some(e) = self
+                .clusters
+                .items
+                .get(cluster)
+                .and_then(|c| c.eds_name.as_ref())
+            {
+                eds.entry(e.clone()).or_default().push(i);
+            }
+        }
+        let prev = self.applied.replace(Applied {
+            config: composed.config.clone(),
+            eds,
+        });
+        self.undo = Some(Undo::Config(prev.map(Box::new)));
+        Ok(Some(Update::Config(Box::new(composed.config))))
+    }
+}
+
+/// The `error_detail` of a NACK: INVALID_ARGUMENT with the message, cut at [`MAX_DETAIL`].
+pub(super) fn nack_status(mut message: String) -> Status {
+    if message.len() > MAX_DETAIL {
+        let mut cut = MAX_DETAIL;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push_str(" ...");
+    }
+    Status {
+        code: INVALID_ARGUMENT,
+        message,
+        details: Vec::new(),
+    }
+}
+
+fn detail(errs: &[TranslateError]) -> String {
+    join_errors(errs, 10)
+}
+
+/// The message of a response whose type Weir does not read.
+pub(super) fn not_subscribed(type_url: &str) -> String {
+    format!(
+        "type {type_url:?} is not subscribed (Weir reads Cluster, ClusterLoadAssignment and RouteConfiguration)"
+    )
+}
+
+/// Decodes and translates every resource of a `kind` response; names must be unique.
+pub(super) fn decode<'a>(
+    kind: Kind,
+    resources: impl IntoIterator<Item = &'a Any>,
+) -> Result<Decoded, String> {
+    Ok(match kind {
+        Kind::Routes => Decoded::Routes(decode_all::<RouteConfiguration, _>(
+            kind,
+            resources,
+            |rc| Ok((rc.name.clone(), from_xds::route_set(rc)?)),
+        )?),
+        Kind::Cluster => Decoded::Clusters(decode_all::<Cluster, _>(kind, resources, |c| {
+            Ok((c.name.clone(), from_xds::cluster_spec(c)?))
+        })?),
+        Kind::Endpoints => Decoded::Endpoints(decode_all::<ClusterLoadAssignment, _>(
+            kind,
+            resources,
+            |cla| Ok((cla.cluster_name.clone(), from_xds::endpoints(cla)?)),
+        )?),
+    })
+}
+
+fn decode_all<'a, M: Message + Default, T>(
+    kind: Kind,
+    resources: impl IntoIterator<Item = &'a Any>,
+    translate: impl Fn(&M) -> Result<(String, T), TranslateError>,
+) -> Result<Vec<(String, T)>, String> {
+    let mut out: Vec<(String, T)> = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, any) in resources.into_iter().enumerate() {
+        if any.type_url != kind.type_url() {
+            return Err(format!(
+                "{} response: resources[{i}] is a {:?}",
+                kind.label(),
+                any.type_url
+            ));
+        }
+        let msg = M::decode(any.value.as_slice()).map_err(|e| {
+            format!(
+                "{} response: resources[{i}]: cannot decode: {e}",
+                kind.label()
+            )
+        })?;
+        let (name, t) = translate(&msg).map_err(|e| e.to_string())?;
+        if !seen.insert(name.clone()) {
+            return Err(format!(
+                "{} {name:?}: listed twice in one response",
+                kind.label()
+            ));
+        }
+        out.push((name, t));
+    }
+    Ok(out)
+}
+
+/// Inserts `new` into `map` and takes out `removed`; returns what to put back to undo it.
+fn merge<T>(
+    map: &mut BTreeMap<String, T>,
+    new: Vec<(String, T)>,
+    removed: Removed<'_>,
+) -> Vec<(String, Option<T>)> {
+    let gone: Vec<String> = match removed {
+        Removed::Names(names) => names.to_vec(),
+        Removed::AllOthers => {
+            let kept: HashSet<&str> = new.iter().map(|(n, _)| n.as_str()).collect();
+            map.keys()
+                .filter(|k| !kept.contains(k.as_str()))
+                .cloned()
+                .collect()
+        }
+    };
+    let mut undo: Vec<(String, Option<T>)> = new
+        .into_iter()
+        .map(|(k, v)| {
+            let old = map.insert(k.clone(), v);
+            (k, old)
+        })
+        .collect();
+    for k in gone {
+        if let Some(old) = map.remove(&k) {
+            undo.push((k, Some(old)));
+        }
+    }
+    undo
+}
+
+fn unmerge<T>(map: &mut BTreeMap<String, T>, undo: Vec<(String, Option<T>)>) {
+    for (k, old) in undo.into_iter().rev() {
+        match old {
+            Some(v) => map.insert(k, v),
+            None => map.remove(&k),
+        };
+    }
+}
