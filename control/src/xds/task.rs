@@ -1,5 +1,10 @@
-//! The I/O half of `weir proxy --xds`: one ADS stream over tonic, driving the sans-io
-//! [`AdsClient`] and handing its updates to an [`XdsSink`] (the proxy's state).
+//! The I/O half of `weir proxy --xds`: one ADS stream over tonic, driving a sans-io client
+//! and handing its updates to an [`XdsSink`] (the proxy's state).
+//!
+//! Each connection first opens a delta stream ([`DeltaClient`]); a server that answers
+//! UNIMPLEMENTED (when the stream opens or as its first message) gets a state-of-the-world
+//! stream ([`AdsClient`]) on the same connection instead. Both clients hold the same state,
+//! so switching keeps the config and what was received. Each re-dial tries delta again.
 //!
 //! A lost stream is re-dialled with capped exponential backoff and jitter; the proxy keeps
 //! serving the last config meanwhile. ACKs are sent after the sink applied the update, so an
@@ -10,12 +15,18 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Endpoint;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Streaming};
 use weir_config::Config;
 use xds_api::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use xds_api::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use xds_api::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
 
 use super::client::{AdsClient, Update};
+use super::delta_client::DeltaClient;
+use super::state::Output;
+use super::Kind;
 
 /// Where updates go. The proxy implements it for its state; this crate does not know it.
 pub trait XdsSink: Send + Sync {
@@ -45,10 +56,13 @@ const WINDOW: u32 = 16 * 1024 * 1024;
 
 /// Runs the ADS client forever: dial, stream, re-dial.
 pub async fn run_client(url: String, node_id: String, sink: Arc<dyn XdsSink>) {
-    let mut client = AdsClient::new(node_id);
+    let mut client = Client::Delta(DeltaClient::new(node_id));
     let mut backoff = BACKOFF_MIN;
+    let mut fallbacks = 0u64;
     loop {
-        match stream_once(&url, &mut client, &sink).await {
+        let (back, ended) = session(&url, client, &sink, &mut fallbacks).await;
+        client = back;
+        match ended {
             Ok(got_response) => {
                 log::warn!("xDS: stream to {url} ended; re-dialling");
                 if got_response {
@@ -74,22 +88,63 @@ pub async fn run_client(url: String, node_id: String, sink: Arc<dyn XdsSink>) {
     }
 }
 
+/// The client of the protocol last spoken; it changes hands when a stream falls back.
+enum Client {
+    Delta(DeltaClient),
+    Sotw(AdsClient),
+}
+
 struct StreamError {
     message: String,
     got_response: bool,
 }
 
-/// One stream, until it ends. `Ok(true)`/`got_response`: a response arrived on it (the
-/// server is healthy enough to reset the backoff).
-async fn stream_once(
-    url: &str,
-    client: &mut AdsClient,
-    sink: &Arc<dyn XdsSink>,
-) -> Result<bool, StreamError> {
-    let err = |message: String, got_response| StreamError {
+/// How a stream ended: `Ok(got_response)` when the server closed it; `got_response`: a
+/// response arrived on it (the server is healthy enough to reset the backoff).
+type Ended = Result<bool, StreamError>;
+
+fn err(message: String, got_response: bool) -> StreamError {
+    StreamError {
         message,
         got_response,
+    }
+}
+
+/// One connection: a delta stream, or a state-of-the-world one where delta is not served.
+async fn session(
+    url: &str,
+    client: Client,
+    sink: &Arc<dyn XdsSink>,
+    fallbacks: &mut u64,
+) -> (Client, Ended) {
+    let channel = match connect(url).await {
+        Ok(c) => c,
+        Err(e) => return (client, Err(e)),
     };
+    let mut delta = match client {
+        Client::Delta(d) => d,
+        Client::Sotw(s) => DeltaClient::from(s),
+    };
+    let why = match stream_delta(url, channel.clone(), &mut delta, sink).await {
+        Streamed::Ended(ended) => return (Client::Delta(delta), ended),
+        Streamed::Unimplemented(why) => why,
+    };
+    // Said once at info level; a re-dial tries delta again, and says it again at debug.
+    *fallbacks += 1;
+    if *fallbacks == 1 {
+        log::info!(
+            "xDS: {url} does not serve delta xDS ({why}); using state of the world on this \
+             connection and trying delta again on each re-dial"
+        );
+    } else {
+        log::debug!("xDS: {url} does not serve delta xDS ({why}); state of the world");
+    }
+    let mut sotw = AdsClient::from(delta);
+    let ended = stream_sotw(url, channel, &mut sotw, sink).await;
+    (Client::Sotw(sotw), ended)
+}
+
+async fn connect(url: &str) -> Result<Channel, StreamError> {
     let endpoint = Endpoint::from_shared(url.to_string())
         .map_err(|e| err(format!("bad URL: {e}"), false))?
         .connect_timeout(Duration::from_secs(5))
@@ -101,30 +156,173 @@ async fn stream_once(
         // window-update round trips; a large window lets it arrive in one go.
         .initial_stream_window_size(WINDOW)
         .initial_connection_window_size(WINDOW);
-    let channel = endpoint
+    endpoint
         .connect()
         .await
-        .map_err(|e| err(format!("connect: {e}"), false))?;
-    let mut ads =
-        AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE);
+        .map_err(|e| err(format!("connect: {e}"), false))
+}
+
+fn ads(channel: Channel) -> AggregatedDiscoveryServiceClient<Channel> {
+    AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE)
+}
+
+/// A delta stream's end, or the server's word that it does not serve delta.
+enum Streamed {
+    Ended(Ended),
+    Unimplemented(String),
+}
+
+async fn stream_delta(
+    url: &str,
+    channel: Channel,
+    client: &mut DeltaClient,
+    sink: &Arc<dyn XdsSink>,
+) -> Streamed {
+    let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(64);
+    for r in client.initial_requests() {
+        // The receiver is alive (below); the channel has room for these three.
+        let _ = tx.try_send(r);
+    }
+    let inbound = match ads(channel)
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(s) if s.code() == Code::Unimplemented => {
+            return Streamed::Unimplemented(s.message().to_string())
+        }
+        Err(s) => {
+            return Streamed::Ended(Err(err(format!("delta ADS stream refused: {s}"), false)))
+        }
+    };
+    log::info!("xDS: delta stream to {url} established");
+    sink.connected(true);
+    match drive(client, sink, tx, inbound).await {
+        // A server may accept the call and end it at once with UNIMPLEMENTED.
+        Err(Drive::Status(s, false)) if s.code() == Code::Unimplemented => {
+            Streamed::Unimplemented(s.message().to_string())
+        }
+        other => Streamed::Ended(other.map_err(Drive::into_error)),
+    }
+}
+
+async fn stream_sotw(
+    url: &str,
+    channel: Channel,
+    client: &mut AdsClient,
+    sink: &Arc<dyn XdsSink>,
+) -> Ended {
     let (tx, rx) = mpsc::channel::<DiscoveryRequest>(64);
     for r in client.initial_requests() {
         // The receiver is alive (below); the channel has room for these three.
         let _ = tx.try_send(r);
     }
-    let mut inbound = ads
+    let inbound = ads(channel)
         .stream_aggregated_resources(ReceiverStream::new(rx))
         .await
         .map_err(|s| err(format!("ADS stream refused: {s}"), false))?
         .into_inner();
-    log::info!("xDS: stream to {url} established");
+    log::info!("xDS: stream to {url} established (state of the world)");
     sink.connected(true);
+    drive(client, sink, tx, inbound)
+        .await
+        .map_err(Drive::into_error)
+}
+
+/// One protocol's sans-io client, as [`drive`] and [`handle_batch`] use it.
+trait Protocol: Send {
+    type Request: Send + 'static;
+    type Response: Send + 'static;
+    fn on_response(&mut self, resp: Self::Response) -> Output<Self::Request>;
+    fn refused(&mut self, why: &str) -> Option<Self::Request>;
+    fn nonce(req: &Self::Request) -> &str;
+    /// What a response carries, for the debug log.
+    fn describe(resp: &Self::Response) -> String;
+}
+
+impl Protocol for AdsClient {
+    type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
+    fn on_response(&mut self, resp: DiscoveryResponse) -> Output<DiscoveryRequest> {
+        AdsClient::on_response(self, resp)
+    }
+    fn refused(&mut self, why: &str) -> Option<DiscoveryRequest> {
+        AdsClient::refused(self, why)
+    }
+    fn nonce(req: &DiscoveryRequest) -> &str {
+        &req.response_nonce
+    }
+    fn describe(resp: &DiscoveryResponse) -> String {
+        format!(
+            "{} version {} (nonce {}): {} resource(s)",
+            label(&resp.type_url),
+            resp.version_info,
+            resp.nonce,
+            resp.resources.len()
+        )
+    }
+}
+
+impl Protocol for DeltaClient {
+    type Request = DeltaDiscoveryRequest;
+    type Response = DeltaDiscoveryResponse;
+    fn on_response(&mut self, resp: DeltaDiscoveryResponse) -> Output<DeltaDiscoveryRequest> {
+        DeltaClient::on_response(self, resp)
+    }
+    fn refused(&mut self, why: &str) -> Option<DeltaDiscoveryRequest> {
+        DeltaClient::refused(self, why)
+    }
+    fn nonce(req: &DeltaDiscoveryRequest) -> &str {
+        &req.response_nonce
+    }
+    fn describe(resp: &DeltaDiscoveryResponse) -> String {
+        format!(
+            "delta {} (nonce {}): {} resource(s), {} removed",
+            label(&resp.type_url),
+            resp.nonce,
+            resp.resources.len(),
+            resp.removed_resources.len() + resp.removed_resource_names.len()
+        )
+    }
+}
+
+fn label(type_url: &str) -> &str {
+    match Kind::from_type_url(type_url) {
+        Some(kind) => kind.label(),
+        None => type_url,
+    }
+}
+
+/// Why [`drive`] stopped: a gRPC status (and whether a response had arrived before it), or
+/// another failure.
+enum Drive {
+    Status(tonic::Status, bool),
+    Other(StreamError),
+}
+
+impl Drive {
+    fn into_error(self) -> StreamError {
+        match self {
+            Drive::Status(s, got_response) => err(format!("stream error: {s}"), got_response),
+            Drive::Other(e) => e,
+        }
+    }
+}
+
+/// Reads responses until the stream ends, judging and applying them in batches and sending
+/// the ACKs/NACKs.
+async fn drive<P: Protocol>(
+    client: &mut P,
+    sink: &Arc<dyn XdsSink>,
+    tx: mpsc::Sender<P::Request>,
+    mut inbound: Streaming<P::Response>,
+) -> Result<bool, Drive> {
     let mut got_response = false;
     loop {
         let first = match inbound.message().await {
             Ok(Some(r)) => r,
             Ok(None) => return Ok(got_response),
-            Err(s) => return Err(err(format!("stream error: {s}"), got_response)),
+            Err(s) => return Err(Drive::Status(s, got_response)),
         };
         got_response = true;
         let mut batch = vec![first];
@@ -138,23 +336,27 @@ async fn stream_once(
         let requests = handle_batch(client, sink, batch).await;
         for r in requests {
             if tx.send(r).await.is_err() {
-                return Err(err("request stream closed".into(), got_response));
+                return Err(Drive::Other(err(
+                    "request stream closed".into(),
+                    got_response,
+                )));
             }
         }
     }
 }
 
 /// Judges each response, applies the coalesced updates once, and returns the ACKs/NACKs.
-async fn handle_batch(
-    client: &mut AdsClient,
+async fn handle_batch<P: Protocol>(
+    client: &mut P,
     sink: &Arc<dyn XdsSink>,
-    batch: Vec<DiscoveryResponse>,
-) -> Vec<DiscoveryRequest> {
+    batch: Vec<P::Response>,
+) -> Vec<P::Request> {
     let started = std::time::Instant::now();
     let responses = batch.len();
     let mut requests = Vec::with_capacity(batch.len());
     let mut updates: Vec<Update> = Vec::new();
     for resp in batch {
+        log::debug!("xDS: {}", P::describe(&resp));
         let out = client.on_response(resp);
         requests.extend(out.requests);
         match out.update {
@@ -187,7 +389,7 @@ async fn handle_batch(
         log::error!("xDS: update not applied: {why}");
         if let Some(nack) = client.refused(&why) {
             // The NACK replaces the ACK of the response that carried the update.
-            requests.retain(|r| r.response_nonce != nack.response_nonce);
+            requests.retain(|r| P::nonce(r) != P::nonce(&nack));
             requests.push(nack);
         }
     }
