@@ -1,9 +1,12 @@
 //! Weir's side of the control plane protocols.
 //!
 //! - [`translate`]: Weir config <-> Envoy xDS resources (both directions).
-//! - [`xds::client`]: the sans-io ADS client state machine of `weir proxy --xds`, and
-//!   [`xds::task`], the tonic task that drives it and feeds an [`xds::XdsSink`].
-//! - [`xds::server`]: the ADS server of `weir control`, fed by an [`xds::server::SnapshotSource`].
+//! - [`xds::delta_client`] and [`xds::client`]: the sans-io ADS client state machines of
+//!   `weir proxy --xds` (delta, and state of the world), and [`xds::task`], the tonic task
+//!   that drives them (delta first, state of the world where the server has no delta) and
+//!   feeds an [`xds::XdsSink`].
+//! - [`xds::server`]: the ADS server of `weir control` (both protocols), fed by an
+//!   [`xds::server::SnapshotSource`].
 //!
 //! This crate does not know the proxy: the proxy implements the sink and source traits.
 

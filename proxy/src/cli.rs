@@ -43,7 +43,8 @@ struct ProxyArgs {
     /// supplies routes and revisions while the file supplies everything else.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// ADS server to take routes and revisions from, e.g. http://127.0.0.1:18000.
+    /// ADS server to take routes and revisions from, e.g. http://127.0.0.1:18000 (delta
+    /// xDS, or state of the world where the server has no delta).
     #[arg(long, value_name = "URL")]
     xds: Option<String>,
     /// Public listener [default: listen.http or 0.0.0.0:8080].
@@ -81,9 +82,13 @@ struct ControlArgs {
     /// Config file (YAML or JSON) to serve; re-read on SIGHUP.
     #[arg(long, value_name = "FILE")]
     config: PathBuf,
-    /// Where proxies connect for xDS (ADS, state of the world).
+    /// Where proxies connect for xDS (ADS: delta, and state of the world).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:18000")]
     xds_listen: SocketAddr,
+    /// Serve state-of-the-world ADS only: delta streams are answered UNIMPLEMENTED, and
+    /// proxies fall back to state of the world.
+    #[arg(long)]
+    no_delta: bool,
     /// Admin and control API listener.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9902")]
     admin: SocketAddr,
@@ -328,6 +333,7 @@ fn control(args: ControlArgs) -> ExitCode {
         config_path: args.config,
         config: cfg,
         xds_listen: args.xds_listen,
+        delta: !args.no_delta,
         admin: args.admin,
         admin_token,
     })

@@ -132,6 +132,8 @@ pub struct ControlOptions {
     pub config_path: PathBuf,
     pub config: Config,
     pub xds_listen: SocketAddr,
+    /// Serve delta xDS too (`--no-delta` turns it off).
+    pub delta: bool,
     pub admin: SocketAddr,
     pub admin_token: Option<String>,
 }
@@ -192,13 +194,20 @@ pub fn run_control(opts: ControlOptions) -> ExitCode {
             false,
         ));
         let source: Arc<dyn SnapshotSource> = state.clone();
+        let serve = weir_control::xds::server::ServeOptions { delta: opts.delta };
         tokio::spawn(async move {
-            if let Err(e) = weir_control::xds::server::serve(xds_listener, source).await {
+            if let Err(e) = weir_control::xds::server::serve_with(xds_listener, source, serve).await
+            {
                 log::error!("xDS server stopped: {e}");
             }
         });
         log::info!(
-            "weir control: xDS (ADS) on {}, admin on {}",
+            "weir control: xDS (ADS{}) on {}, admin on {}",
+            if opts.delta {
+                ", delta too"
+            } else {
+                ", no delta"
+            },
             opts.xds_listen,
             opts.admin
         );

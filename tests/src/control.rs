@@ -42,6 +42,16 @@ impl WeirControl {
 
     /// Starts it with its xDS listener on `xds` (e.g. the address of a killed one).
     pub fn start_on(bin: impl AsRef<Path>, config: &Value, xds: SocketAddr) -> WeirControl {
+        WeirControl::start_with(bin, config, xds, &[])
+    }
+
+    /// Starts it on `xds` with `args` added to the command line (e.g. `--no-delta`).
+    pub fn start_with(
+        bin: impl AsRef<Path>,
+        config: &Value,
+        xds: SocketAddr,
+        args: &[&str],
+    ) -> WeirControl {
         let dir = tempfile::Builder::new()
             .prefix("weir-control-")
             .tempdir()
@@ -63,6 +73,7 @@ impl WeirControl {
             .arg(xds.to_string())
             .arg("--admin")
             .arg(admin.to_string())
+            .args(args)
             .stdin(Stdio::null())
             .stdout(File::create(&stdout_path).expect("create stdout log"))
             .stderr(File::create(&stderr_path).expect("create stderr log"))

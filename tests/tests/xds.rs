@@ -1,6 +1,7 @@
 //! xDS end to end (CONTRACT.md section 7): `weir control` serving real `weir proxy --xds`
-//! processes, a test ADS server that sends a bad resource, a control plane crash, and a
-//! 10,000-service config. Every wait is bounded.
+//! processes over delta (the default) and over state of the world (`--no-delta`, the
+//! proxy's fallback), a test ADS server without delta that sends a bad resource, a control
+//! plane crash, and a 10,000-service config. Every wait is bounded.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -136,6 +137,99 @@ async fn control_plane_changes_reach_every_proxy() {
         );
         assert_eq!(xds_updates(p).await, updates + 1.0);
     }
+}
+
+// === delta, and the fallback to state of the world ===
+
+/// The proxy speaks delta to `weir control`, and an endpoint change reaches it as one
+/// ClusterLoadAssignment and nothing else (the client logs each response at debug level).
+#[tokio::test]
+async fn delta_carries_an_endpoint_change_as_one_load_assignment() {
+    let (b1, b2) = (Backend::start("hello-1"), Backend::start("hello-2"));
+    let revs = json!([
+        {"name": "hello-1", "endpoints": [b1.endpoint()]},
+        {"name": "hello-2", "endpoints": [b2.endpoint()]},
+    ]);
+    let control = start_control!(hello("hello-1", &revs));
+    let proxy = Weir::builder(weir_bin!(), &json!({}))
+        .arg("--xds")
+        .arg(control.xds_url())
+        .arg("--node-id")
+        .arg("delta")
+        .arg("--threads")
+        .arg("1")
+        .arg("--log-level")
+        .arg("warn,weir_proxy=info,weir_control=debug")
+        .ready_timeout(CONVERGE)
+        .start();
+    assert_eq!(answered_by(&proxy, HOST).await.as_deref(), Some("hello-1"));
+    let logs = proxy.logs();
+    assert_eq!(count(&logs, "xDS: delta stream to"), 1, "{logs}");
+    assert_eq!(count(&logs, "state of the world"), 0, "{logs}");
+
+    let responses = |logs: &str| count(logs, "xDS: delta ");
+    let before = (responses(&logs), count(&logs, "applied from xds"));
+    let moved = Backend::start("hello-1-moved");
+    control
+        .put_endpoints("default", "hello-1", &[moved.endpoint()])
+        .await;
+    wait_served_by(&proxy, HOST, "hello-1-moved", CONVERGE).await;
+    let logs = proxy.logs();
+    assert_eq!(
+        responses(&logs),
+        before.0 + 1,
+        "one delta response for one endpoint change:\n{logs}"
+    );
+    let last = logs
+        .lines()
+        .rfind(|l| l.contains("xDS: delta "))
+        .unwrap_or_default();
+    assert!(
+        last.contains("xDS: delta ClusterLoadAssignment (nonce")
+            && last.ends_with(": 1 resource(s), 0 removed"),
+        "{last}"
+    );
+    assert_eq!(
+        count(&logs, "applied from xds"),
+        before.1,
+        "a whole config was re-applied"
+    );
+
+    // A route change still converges over delta.
+    control.put_config(&hello("hello-2", &revs)).await;
+    wait_served_by(&proxy, HOST, "hello-2", CONVERGE).await;
+}
+
+/// `weir control --no-delta` answers delta with UNIMPLEMENTED: the proxy says so once,
+/// speaks state of the world, converges and follows changes.
+#[tokio::test]
+async fn without_delta_the_proxy_falls_back_to_state_of_the_world() {
+    let (b1, b2) = (Backend::start("hello-1"), Backend::start("hello-2"));
+    let revs = json!([
+        {"name": "hello-1", "endpoints": [b1.endpoint()]},
+        {"name": "hello-2", "endpoints": [b2.endpoint()]},
+    ]);
+    let xds = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let control =
+        WeirControl::start_with(weir_bin!(), &hello("hello-1", &revs), xds, &["--no-delta"]);
+    let proxy = xds_proxy(&control.xds_url(), "sotw", true, CONVERGE);
+    assert_eq!(answered_by(&proxy, HOST).await.as_deref(), Some("hello-1"));
+    let logs = proxy.logs();
+    assert_eq!(count(&logs, "does not serve delta xDS"), 1, "{logs}");
+    assert_eq!(
+        count(&logs, "established (state of the world)"),
+        1,
+        "{logs}"
+    );
+    assert_eq!(count(&logs, "xDS: delta stream to"), 0, "{logs}");
+
+    control.put_config(&hello("hello-2", &revs)).await;
+    wait_served_by(&proxy, HOST, "hello-2", CONVERGE).await;
+    let moved = Backend::start("hello-2-moved");
+    control
+        .put_endpoints("default", "hello-2", &[moved.endpoint()])
+        .await;
+    wait_served_by(&proxy, HOST, "hello-2-moved", CONVERGE).await;
 }
 
 #[test]

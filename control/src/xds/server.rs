@@ -1,20 +1,33 @@
 //! The ADS server of `weir control`: serves the config of a [`SnapshotSource`] (the proxy's
-//! state, changed through the control API or SIGHUP) to any number of ADS streams.
+//! state, changed through the control API or SIGHUP) to any number of ADS streams, state of
+//! the world or delta.
 //!
 //! One hub task turns each change into a `Snapshot` (translated and encoded once, not per
 //! stream) and publishes it on a `watch` channel, which also coalesces bursts. Each stream
-//! sends what changed since what it last sent, per type:
+//! sends what changed since what it last sent, per type, in the order Cluster,
+//! ClusterLoadAssignment, RouteConfiguration, so new clusters exist before routes name them.
+//!
+//! State of the world (`StreamAggregatedResources`):
 //! - Cluster: the whole set whenever any cluster changed (the xDS rule for CDS).
 //! - ClusterLoadAssignment and RouteConfiguration: only the changed resources (SotW allows
 //!   it for these types; a client merges them by name). An endpoint change thus sends one
 //!   CLA, not the 10,000 others.
+//! - Versions are the state's generations. A named (non-wildcard) subscription gets only the
+//!   names it asked for.
 //!
-//! Pushes go Cluster, ClusterLoadAssignment, RouteConfiguration, so new clusters exist before
-//! routes name them. A named (non-wildcard) subscription gets only the names it asked for.
-//! Versions are the state's generations; ACKs are noted and NACKs logged with their detail.
+//! Delta (`DeltaAggregatedResources`, unless [`ServeOptions::delta`] is off):
+//! - A resource's version is a hash of its encoded bytes, so the same resource always has
+//!   the same version, across streams and restarts of the server.
+//! - Per stream and type the server keeps the name -> version the client has (seeded from
+//!   `initial_resource_versions`) and sends only resources whose version differs, plus
+//!   `removed_resources` for names that are gone; a type with nothing to send is skipped
+//!   (except the first answer to a subscription, which tells the client it has everything).
+//! - An empty first subscription or `"*"` is a wildcard; other names subscribe to those
+//!   names only, and `resource_names_unsubscribe` takes them back.
+//!
+//! ACKs are noted and NACKs logged with their detail; neither is answered.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,11 +36,12 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
 use weir_config::Config;
+use xds_api::pb::envoy::config::core::v3::Node;
 use xds_api::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
 };
 use xds_api::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
 };
 use xds_api::pb::google::protobuf::Any;
 
@@ -64,11 +78,18 @@ pub trait SnapshotSource: Send + Sync + 'static {
     fn subscribe(&self) -> Box<dyn ChangeFeed>;
 }
 
+/// One encoded resource and its delta version (a hash of the bytes).
+#[derive(Debug)]
+struct Item {
+    any: Any,
+    version: String,
+}
+
 /// One type's resources, by name, and their version.
 #[derive(Debug, Clone, Default)]
 struct TypeSet {
     version: String,
-    items: Arc<BTreeMap<String, Arc<Any>>>,
+    items: Arc<BTreeMap<String, Arc<Item>>>,
 }
 
 /// Everything the streams serve, indexed by `Kind as usize`.
@@ -77,45 +98,56 @@ struct Snapshot {
     types: [TypeSet; 3],
 }
 
-fn any<M: prost::Name>(m: &M) -> Arc<Any> {
-    Arc::new(Any {
+fn encode<M: prost::Name>(m: &M) -> Any {
+    Any {
         type_url: M::type_url(),
         value: m.encode_to_vec(),
+    }
+}
+
+fn item(any: Any) -> Arc<Item> {
+    Arc::new(Item {
+        version: content_version(&any.value),
+        any,
     })
 }
 
-fn same(a: &Arc<Any>, b: &Arc<Any>) -> bool {
-    Arc::ptr_eq(a, b) || a.value == b.value
+/// The delta version of encoded bytes: FNV-1a, 64 bits, in hex. Stable across processes
+/// and builds (unlike std's hasher), so a proxy that re-dials a restarted `weir control`
+/// is not sent what it already has.
+fn content_version(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+fn same(a: &Arc<Item>, b: &Arc<Item>) -> bool {
+    Arc::ptr_eq(a, b) || a.any.value == b.any.value
 }
 
 /// The snapshot of the source's config; unchanged resources keep `prev`'s `Arc`s (so
-/// streams compare pointers) and unchanged types keep their version.
+/// streams compare pointers, and delta versions stay) and unchanged types keep their version.
 fn build(generation: u64, cfg: &Config, prev: &Snapshot) -> Snapshot {
     let res = to_resources(cfg);
-    let fresh: [BTreeMap<String, Arc<Any>>; 3] = [
-        res.clusters
-            .iter()
-            .map(|c| (c.name.clone(), any(c)))
-            .collect(),
-        res.endpoints
-            .iter()
-            .map(|e| (e.cluster_name.clone(), any(e)))
-            .collect(),
-        res.routes
-            .iter()
-            .map(|r| (r.name.clone(), any(r)))
-            .collect(),
-    ];
     let mut next = Snapshot::default();
-    for (i, mut items) in fresh.into_iter().enumerate() {
+    let fresh = [
+        reuse(
+            &res.clusters,
+            |c| &c.name,
+            &prev.types[Kind::Cluster as usize],
+        ),
+        reuse(
+            &res.endpoints,
+            |e| &e.cluster_name,
+            &prev.types[Kind::Endpoints as usize],
+        ),
+        reuse(&res.routes, |r| &r.name, &prev.types[Kind::Routes as usize]),
+    ];
+    for (i, (items, changed)) in fresh.into_iter().enumerate() {
         let old = &prev.types[i];
-        let mut changed = items.len() != old.items.len();
-        for (name, a) in items.iter_mut() {
-            match old.items.get(name) {
-                Some(o) if same(o, a) => *a = o.clone(),
-                _ => changed = true,
-            }
-        }
         next.types[i] = if changed || old.version.is_empty() {
             TypeSet {
                 version: generation.to_string(),
@@ -128,10 +160,68 @@ fn build(generation: u64, cfg: &Config, prev: &Snapshot) -> Snapshot {
     next
 }
 
-/// Serves ADS on `listener` until the process ends.
+/// Encodes `msgs` by name, taking `old`'s item for each resource equal to the old one;
+/// whether anything differs from `old`.
+///
+/// Equal is compared on the messages, not only the bytes: prost encodes protobuf maps
+/// (metadata `Struct`s) in `HashMap` order, which differs between two equal messages, so
+/// equal bytes would miss some unchanged resources and send them (with a new delta
+/// version) again. Reordered maps keep the encoded length, so only same-length resources
+/// with different bytes are decoded to compare.
+fn reuse<M: prost::Name + Default + PartialEq>(
+    msgs: &[M],
+    name: impl Fn(&M) -> &String,
+    old: &TypeSet,
+) -> (BTreeMap<String, Arc<Item>>, bool) {
+    let mut changed = msgs.len() != old.items.len();
+    let mut items = BTreeMap::new();
+    for m in msgs {
+        let fresh = encode(m);
+        let item = match old.items.get(name(m)) {
+            Some(o) if o.any.value == fresh.value => o.clone(),
+            Some(o)
+                if o.any.value.len() == fresh.value.len()
+                    && M::decode(o.any.value.as_slice()).is_ok_and(|d| d == *m) =>
+            {
+                o.clone()
+            }
+            _ => {
+                changed = true;
+                item(fresh)
+            }
+        };
+        items.insert(name(m).clone(), item);
+    }
+    (items, changed)
+}
+
+/// How [`serve_with`] serves ADS.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeOptions {
+    /// Serve `DeltaAggregatedResources`; off, it answers UNIMPLEMENTED (as before delta was
+    /// served, and as many servers do), so clients fall back to state of the world.
+    pub delta: bool,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions { delta: true }
+    }
+}
+
+/// Serves ADS (state of the world and delta) on `listener` until the process ends.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     source: Arc<dyn SnapshotSource>,
+) -> Result<(), tonic::transport::Error> {
+    serve_with(listener, source, ServeOptions::default()).await
+}
+
+/// Serves ADS on `listener` as `opts` say, until the process ends.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    source: Arc<dyn SnapshotSource>,
+    opts: ServeOptions,
 ) -> Result<(), tonic::transport::Error> {
     // Subscribe before reading the state, so that no change falls in between.
     let feed = source.subscribe();
@@ -141,6 +231,7 @@ pub async fn serve(
     let svc = AdsServer {
         snapshots: rx,
         next_stream: AtomicU64::new(1),
+        delta: opts.delta,
     };
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -220,7 +311,7 @@ fn endpoint_snapshot(
         let (generation, eps) = source.endpoints(namespace, name)?;
         let cluster = cluster_name(namespace, name);
         let slot = items.get_mut(&cluster)?;
-        *slot = any(&load_assignment(&cluster, &eps));
+        *slot = item(encode(&load_assignment(&cluster, &eps)));
         version = generation.to_string();
     }
     let mut next = current.clone();
@@ -236,11 +327,11 @@ fn endpoint_snapshot(
 struct AdsServer {
     snapshots: watch::Receiver<Arc<Snapshot>>,
     next_stream: AtomicU64,
+    delta: bool,
 }
 
 type ResponseStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
-type DeltaStream =
-    Pin<Box<dyn tokio_stream::Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
+type DeltaResponseStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
 
 #[tonic::async_trait]
 impl AggregatedDiscoveryService for AdsServer {
@@ -250,28 +341,132 @@ impl AggregatedDiscoveryService for AdsServer {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<ResponseStream>, Status> {
+        Ok(self.open::<Sub, DiscoveryResponse>(request.into_inner()))
+    }
+
+    type DeltaAggregatedResourcesStream = DeltaResponseStream;
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<DeltaResponseStream>, Status> {
+        if !self.delta {
+            return Err(Status::unimplemented(
+                "delta xDS is not served (weir control --no-delta); use state-of-the-world ADS",
+            ));
+        }
+        Ok(self.open::<DeltaSub, DeltaDiscoveryResponse>(request.into_inner()))
+    }
+}
+
+impl AdsServer {
+    /// Starts serving one stream; its responses.
+    fn open<S, R>(
+        &self,
+        inbound: Streaming<<Conn<S, R> as AdsStream>::Request>,
+    ) -> Response<ReceiverStream<Result<R, Status>>>
+    where
+        Conn<S, R>: AdsStream,
+    {
         let (tx, rx) = mpsc::channel(16);
-        let stream = Stream {
+        let stream = Conn {
             id: self.next_stream.fetch_add(1, Ordering::Relaxed),
             node: String::new(),
             subs: Default::default(),
             nonce: 0,
             tx,
         };
-        tokio::spawn(stream.run(request.into_inner(), self.snapshots.clone()));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        tokio::spawn(run(stream, inbound, self.snapshots.clone()));
+        Response::new(ReceiverStream::new(rx))
     }
+}
 
-    type DeltaAggregatedResourcesStream = DeltaStream;
+/// One ADS stream of either protocol: `S` is its subscription to one type, `R` its
+/// response message.
+struct Conn<S, R> {
+    id: u64,
+    node: String,
+    subs: [Option<S>; 3],
+    nonce: u64,
+    tx: mpsc::Sender<Result<R, Status>>,
+}
 
-    async fn delta_aggregated_resources(
-        &self,
-        _request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<DeltaStream>, Status> {
-        Err(Status::unimplemented(
-            "delta xDS is not served; use state-of-the-world ADS",
-        ))
+/// A state-of-the-world stream.
+type Stream = Conn<Sub, DiscoveryResponse>;
+/// A delta stream.
+type DeltaStream = Conn<DeltaSub, DeltaDiscoveryResponse>;
+
+/// What [`run`] needs of a stream of either protocol.
+trait AdsStream: Send + 'static {
+    type Request: Send + 'static;
+    fn on_request(
+        &mut self,
+        req: Self::Request,
+        snap: &Snapshot,
+    ) -> impl std::future::Future<Output = Result<(), Gone>> + Send;
+    fn push_all(
+        &mut self,
+        snap: &Snapshot,
+    ) -> impl std::future::Future<Output = Result<(), Gone>> + Send;
+}
+
+/// Serves one stream: its requests, and every new snapshot, until the client is gone.
+async fn run<S, R>(
+    mut stream: Conn<S, R>,
+    mut inbound: Streaming<<Conn<S, R> as AdsStream>::Request>,
+    mut snapshots: watch::Receiver<Arc<Snapshot>>,
+) where
+    Conn<S, R>: AdsStream,
+{
+    snapshots.mark_unchanged();
+    loop {
+        let step = tokio::select! {
+            msg = inbound.message() => match msg {
+                Ok(Some(req)) => {
+                    let snap = snapshots.borrow().clone();
+                    stream.on_request(req, &snap).await
+                }
+                Ok(None) => Err(Gone),
+                Err(e) => {
+                    log::debug!("ADS stream {}: {e}", stream.id);
+                    Err(Gone)
+                }
+            },
+            changed = snapshots.changed() => match changed {
+                Ok(()) => {
+                    let snap = snapshots.borrow_and_update().clone();
+                    stream.push_all(&snap).await
+                }
+                Err(_) => Err(Gone),
+            },
+        };
+        if step.is_err() {
+            break;
+        }
     }
+    log::info!("ADS stream {} (node {:?}) closed", stream.id, stream.node);
+}
+
+/// Notes the node of a stream's first request that names it; the kind of a request, or
+/// `None` (logged) for a type Weir does not serve.
+fn identify(
+    id: u64,
+    node: &mut String,
+    from: Option<&Node>,
+    type_url: &str,
+    protocol: &str,
+) -> Option<Kind> {
+    if node.is_empty() {
+        if let Some(n) = from {
+            *node = n.id.clone();
+            log::info!("ADS stream {id}{protocol} from node {node:?}");
+        }
+    }
+    let kind = Kind::from_type_url(type_url);
+    if kind.is_none() {
+        log::warn!("ADS stream {id} (node {node:?}): type {type_url:?} is not served");
+    }
+    kind
 }
 
 /// One subscription of a stream to one type.
@@ -279,74 +474,35 @@ struct Sub {
     /// `None`: wildcard (every resource of the type).
     names: Option<BTreeSet<String>>,
     /// What this stream last sent, by name.
-    sent: HashMap<String, Arc<Any>>,
+    sent: HashMap<String, Arc<Item>>,
     /// Nonce of the last response sent; requests with an older one are stale.
     nonce: String,
     /// Version of the last response sent.
     version: String,
 }
 
-/// One ADS stream.
-struct Stream {
-    id: u64,
-    node: String,
-    subs: [Option<Sub>; 3],
-    nonce: u64,
-    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
-}
-
 /// Why a stream ends: the client is gone.
 struct Gone;
 
-impl Stream {
-    async fn run(
-        mut self,
-        mut inbound: Streaming<DiscoveryRequest>,
-        mut snapshots: watch::Receiver<Arc<Snapshot>>,
-    ) {
-        snapshots.mark_unchanged();
-        loop {
-            let step = tokio::select! {
-                msg = inbound.message() => match msg {
-                    Ok(Some(req)) => {
-                        let snap = snapshots.borrow().clone();
-                        self.on_request(req, &snap).await
-                    }
-                    Ok(None) => Err(Gone),
-                    Err(e) => {
-                        log::debug!("ADS stream {}: {e}", self.id);
-                        Err(Gone)
-                    }
-                },
-                changed = snapshots.changed() => match changed {
-                    Ok(()) => {
-                        let snap = snapshots.borrow_and_update().clone();
-                        self.push_all(&snap).await
-                    }
-                    Err(_) => Err(Gone),
-                },
-            };
-            if step.is_err() {
-                break;
-            }
-        }
-        log::info!("ADS stream {} (node {:?}) closed", self.id, self.node);
-    }
-
+impl AdsStream for Stream {
+    type Request = DiscoveryRequest;
     async fn on_request(&mut self, req: DiscoveryRequest, snap: &Snapshot) -> Result<(), Gone> {
-        if self.node.is_empty() {
-            if let Some(n) = &req.node {
-                self.node = n.id.clone();
-                log::info!("ADS stream {} from node {:?}", self.id, self.node);
-            }
-        }
-        let Some(kind) = Kind::from_type_url(&req.type_url) else {
-            log::warn!(
-                "ADS stream {} (node {:?}): type {:?} is not served",
-                self.id,
-                self.node,
-                req.type_url
-            );
+        Stream::on_request(self, req, snap).await
+    }
+    async fn push_all(&mut self, snap: &Snapshot) -> Result<(), Gone> {
+        Stream::push_all(self, snap).await
+    }
+}
+
+impl Stream {
+    async fn on_request(&mut self, req: DiscoveryRequest, snap: &Snapshot) -> Result<(), Gone> {
+        let Some(kind) = identify(
+            self.id,
+            &mut self.node,
+            req.node.as_ref(),
+            &req.type_url,
+            "",
+        ) else {
             return Ok(());
         };
         let names = (!req.resource_names.is_empty()
@@ -407,26 +563,26 @@ impl Stream {
         let Some(sub) = &mut self.subs[kind as usize] else {
             return Ok(());
         };
-        let wanted: Vec<(&String, &Arc<Any>)> = set
+        let wanted: Vec<(&String, &Arc<Item>)> = set
             .items
             .iter()
             .filter(|(n, _)| sub.names.as_ref().is_none_or(|s| s.contains(*n)))
             .collect();
-        let differs = |(n, a): &(&String, &Arc<Any>)| sub.sent.get(*n).is_none_or(|s| !same(s, a));
+        let differs = |(n, a): &(&String, &Arc<Item>)| sub.sent.get(*n).is_none_or(|s| !same(s, a));
         let send: Vec<Any> = if forced {
-            wanted.iter().map(|(_, a)| (***a).clone()).collect()
+            wanted.iter().map(|(_, a)| a.any.clone()).collect()
         } else if kind == Kind::Cluster {
             // The whole set, or nothing: a missing cluster means a removed one.
             let changed = wanted.len() != sub.sent.len() || wanted.iter().any(differs);
             if !changed {
                 return Ok(());
             }
-            wanted.iter().map(|(_, a)| (***a).clone()).collect()
+            wanted.iter().map(|(_, a)| a.any.clone()).collect()
         } else {
             let changed: Vec<Any> = wanted
                 .iter()
                 .filter(|e| differs(e))
-                .map(|(_, a)| (***a).clone())
+                .map(|(_, a)| a.any.clone())
                 .collect();
             if changed.is_empty() {
                 // Resources may have gone (with their clusters); nothing to send for that.
@@ -456,6 +612,201 @@ impl Stream {
             kind.label(),
             resp.version_info,
             resp.resources.len()
+        );
+        self.tx.send(Ok(resp)).await.map_err(|_| Gone)
+    }
+}
+
+// === delta ===
+
+/// One delta subscription of a stream to one type.
+struct DeltaSub {
+    /// Every resource of the type: `"*"` subscribed, or an empty first subscription.
+    wildcard: bool,
+    /// Whether `wildcard` came from an empty first subscription (the legacy form), which
+    /// ends once the client subscribes to names without `"*"`.
+    legacy: bool,
+    /// Names subscribed to by name.
+    names: BTreeSet<String>,
+    /// Name -> version of what the client has, as far as this stream knows.
+    known: HashMap<String, String>,
+}
+
+impl DeltaSub {
+    fn wants(&self, name: &str) -> bool {
+        self.wildcard || self.names.contains(name)
+    }
+}
+
+impl AdsStream for DeltaStream {
+    type Request = DeltaDiscoveryRequest;
+
+    async fn on_request(
+        &mut self,
+        req: DeltaDiscoveryRequest,
+        snap: &Snapshot,
+    ) -> Result<(), Gone> {
+        let Some(kind) = identify(
+            self.id,
+            &mut self.node,
+            req.node.as_ref(),
+            &req.type_url,
+            " (delta)",
+        ) else {
+            return Ok(());
+        };
+        if let Some(err) = &req.error_detail {
+            log::warn!(
+                "ADS stream {} (node {:?}) NACKed {} (nonce {}): {}",
+                self.id,
+                self.node,
+                kind.label(),
+                req.response_nonce,
+                err.message
+            );
+        } else if !req.response_nonce.is_empty() {
+            log::debug!(
+                "ADS stream {} (node {:?}) ACKed {} (nonce {})",
+                self.id,
+                self.node,
+                kind.label(),
+                req.response_nonce
+            );
+        }
+        let star = |names: &[String]| names.iter().any(|n| n == "*");
+        let named = |names: &[String]| -> Vec<String> {
+            names.iter().filter(|n| *n != "*").cloned().collect()
+        };
+        let subscribe = named(&req.resource_names_subscribe);
+        let slot = &mut self.subs[kind as usize];
+        let Some(sub) = slot else {
+            // The first request of this type: the subscription, and what the client
+            // already has (a re-dialled stream), which need not be sent again.
+            let legacy = req.resource_names_subscribe.is_empty();
+            let mut sub = DeltaSub {
+                wildcard: legacy || star(&req.resource_names_subscribe),
+                legacy,
+                names: subscribe.iter().cloned().collect(),
+                known: req.initial_resource_versions,
+            };
+            sub.known
+                .retain(|n, _| sub.wildcard || sub.names.contains(n));
+            *slot = Some(sub);
+            return self.push(kind, snap, &subscribe, true).await;
+        };
+        let unsubscribe = named(&req.resource_names_unsubscribe);
+        if subscribe.is_empty()
+            && unsubscribe.is_empty()
+            && !star(&req.resource_names_subscribe)
+            && !star(&req.resource_names_unsubscribe)
+        {
+            return Ok(()); // an ACK or NACK only
+        }
+        if star(&req.resource_names_subscribe) {
+            sub.wildcard = true;
+            sub.legacy = false;
+        } else if sub.legacy && !subscribe.is_empty() {
+            // Names without "*" after a legacy wildcard: from now on, those names only.
+            sub.wildcard = false;
+            sub.legacy = false;
+        }
+        if star(&req.resource_names_unsubscribe) {
+            sub.wildcard = false;
+            sub.legacy = false;
+        }
+        for n in &subscribe {
+            sub.names.insert(n.clone());
+            // Subscribed names are always sent: the client may have dropped its copy.
+            sub.known.remove(n);
+        }
+        for n in &unsubscribe {
+            sub.names.remove(n);
+        }
+        // The client drops what it no longer subscribes to, without being told.
+        let DeltaSub {
+            known,
+            wildcard,
+            names,
+            ..
+        } = sub;
+        known.retain(|n, _| *wildcard || names.contains(n));
+        self.push(kind, snap, &subscribe, false).await
+    }
+
+    async fn push_all(&mut self, snap: &Snapshot) -> Result<(), Gone> {
+        for kind in Kind::ALL {
+            if self.subs[kind as usize].is_some() {
+                self.push(kind, snap, &[], false).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl DeltaStream {
+    /// Sends the `kind` resources whose version the client does not have, and the names it
+    /// has that are gone (and `fresh`ly subscribed names that do not exist); nothing when
+    /// that is nothing, unless `always`.
+    async fn push(
+        &mut self,
+        kind: Kind,
+        snap: &Snapshot,
+        fresh: &[String],
+        always: bool,
+    ) -> Result<(), Gone> {
+        let set = &snap.types[kind as usize];
+        let Some(sub) = &mut self.subs[kind as usize] else {
+            return Ok(());
+        };
+        let resources: Vec<Resource> = set
+            .items
+            .iter()
+            .filter(|(n, item)| sub.wants(n) && sub.known.get(*n) != Some(&item.version))
+            .map(|(n, item)| Resource {
+                name: n.clone(),
+                version: item.version.clone(),
+                resource: Some(item.any.clone()),
+                ..Default::default()
+            })
+            .collect();
+        let mut removed: BTreeSet<String> = sub
+            .known
+            .keys()
+            .filter(|n| !set.items.contains_key(*n))
+            .cloned()
+            .collect();
+        removed.extend(
+            fresh
+                .iter()
+                .filter(|n| !set.items.contains_key(*n))
+                .cloned(),
+        );
+        if resources.is_empty() && removed.is_empty() && !always {
+            return Ok(());
+        }
+        for r in &resources {
+            sub.known.insert(r.name.clone(), r.version.clone());
+        }
+        for n in &removed {
+            sub.known.remove(n);
+        }
+        self.nonce += 1;
+        let resp = DeltaDiscoveryResponse {
+            system_version_info: set.version.clone(),
+            resources,
+            type_url: kind.type_url().into(),
+            removed_resources: removed.into_iter().collect(),
+            nonce: self.nonce.to_string(),
+            ..Default::default()
+        };
+        log::debug!(
+            "ADS stream {} (node {:?}): delta {} version {} ({} resources, {} removed)",
+            self.id,
+            self.node,
+            kind.label(),
+            resp.system_version_info,
+            resp.resources.len(),
+            resp.removed_resources.len()
         );
         self.tx.send(Ok(resp)).await.map_err(|_| Gone)
     }

@@ -2,6 +2,7 @@
 //! server on 127.0.0.1:0, and either the real client task with a recording sink or a raw
 //! stream that shows exactly what the server pushes.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -10,10 +11,12 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use weir_config::Config;
 use xds_api::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use xds_api::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use xds_api::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
 
 use super::*;
-use crate::xds::{run_client, AdsClient, Kind, XdsSink};
+use crate::xds::{run_client, AdsClient, DeltaClient, Kind, XdsSink};
 
 struct FakeSource {
     state: Mutex<(u64, Config)>,
@@ -84,9 +87,13 @@ fn config(services: usize) -> Config {
 }
 
 async fn start(source: Arc<FakeSource>) -> String {
+    start_with(source, ServeOptions::default()).await
+}
+
+async fn start_with(source: Arc<FakeSource>, opts: ServeOptions) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(serve(listener, source));
+    tokio::spawn(serve_with(listener, source, opts));
     url
 }
 
@@ -145,9 +152,19 @@ fn configs(ev: &[Event]) -> Vec<&Config> {
 }
 
 #[tokio::test]
-async fn the_client_task_follows_the_server() {
+async fn the_client_task_follows_the_server_over_delta() {
+    follows(ServeOptions { delta: true }).await;
+}
+
+/// Without delta the task falls back to state of the world, with the same results.
+#[tokio::test]
+async fn the_client_task_follows_a_server_without_delta() {
+    follows(ServeOptions { delta: false }).await;
+}
+
+async fn follows(opts: ServeOptions) {
     let source = FakeSource::new(config(2));
-    let url = start(source.clone()).await;
+    let url = start_with(source.clone(), opts).await;
     let sink = Arc::new(Recorder::default());
     let task = tokio::spawn(run_client(url, "t".into(), sink.clone()));
 
@@ -182,6 +199,15 @@ async fn the_client_task_follows_the_server() {
     // Clusters, endpoints and routes of one change arrive back to back: one apply.
     assert_eq!(configs(&ev).len(), 2, "{ev:?}");
     task.abort();
+}
+
+/// The error_detail of the NACKs the tests send.
+fn test_nack() -> xds_api::pb::google::rpc::Status {
+    xds_api::pb::google::rpc::Status {
+        code: 3,
+        message: "test".into(),
+        details: vec![],
+    }
 }
 
 async fn next(inbound: &mut tonic::Streaming<DiscoveryResponse>) -> DiscoveryResponse {
@@ -252,11 +278,7 @@ async fn the_server_pushes_clusters_first_and_only_changed_endpoints() {
         version_info: "1".into(),
         type_url: r.type_url.clone(),
         response_nonce: r.nonce.clone(),
-        error_detail: Some(xds_api::pb::google::rpc::Status {
-            code: 3,
-            message: "test".into(),
-            details: vec![],
-        }),
+        error_detail: Some(test_nack()),
         ..Default::default()
     })
     .await
@@ -273,4 +295,264 @@ async fn the_server_pushes_clusters_first_and_only_changed_endpoints() {
         kinds,
         [(Kind::Cluster, 4), (Kind::Endpoints, 2), (Kind::Routes, 2)]
     );
+}
+
+// === delta ===
+
+/// A raw delta stream on `url` that has sent `first`.
+async fn delta_stream(
+    url: &str,
+    first: Vec<DeltaDiscoveryRequest>,
+) -> Result<
+    (
+        mpsc::Sender<DeltaDiscoveryRequest>,
+        tonic::Streaming<DeltaDiscoveryResponse>,
+    ),
+    tonic::Status,
+> {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(16);
+    for r in first {
+        tx.send(r).await.unwrap();
+    }
+    let inbound = AggregatedDiscoveryServiceClient::new(channel)
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    Ok((tx, inbound))
+}
+
+async fn next_delta(
+    inbound: &mut tonic::Streaming<DeltaDiscoveryResponse>,
+) -> DeltaDiscoveryResponse {
+    tokio::time::timeout(Duration::from_secs(5), inbound.message())
+        .await
+        .expect("a response")
+        .unwrap()
+        .unwrap()
+}
+
+/// Nothing more arrives: the server answers a probe subscription (kept wildcard with "*"),
+/// so anything it would have sent before shows up ahead of the probe's answer.
+async fn nothing_pending(
+    tx: &mpsc::Sender<DeltaDiscoveryRequest>,
+    inbound: &mut tonic::Streaming<DeltaDiscoveryResponse>,
+    probe: &str,
+) {
+    tx.send(DeltaDiscoveryRequest {
+        type_url: Kind::Routes.type_url().into(),
+        resource_names_subscribe: vec!["*".into(), probe.into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let r = next_delta(inbound).await;
+    assert_eq!(
+        (r.resources.len(), r.removed_resources.clone()),
+        (0, vec![probe.to_string()]),
+        "expected only the probe's answer: {}",
+        summary(&r)
+    );
+}
+
+fn summary(r: &DeltaDiscoveryResponse) -> String {
+    format!(
+        "{:?}: {:?} removed {:?}",
+        Kind::from_type_url(&r.type_url),
+        r.resources.iter().map(|r| &r.name).collect::<Vec<_>>(),
+        r.removed_resources
+    )
+}
+
+fn delta_ack(r: &DeltaDiscoveryResponse) -> DeltaDiscoveryRequest {
+    DeltaDiscoveryRequest {
+        type_url: r.type_url.clone(),
+        response_nonce: r.nonce.clone(),
+        ..Default::default()
+    }
+}
+
+/// (kind, resources, removed) of the next response, ACKed.
+async fn next_acked(
+    tx: &mpsc::Sender<DeltaDiscoveryRequest>,
+    inbound: &mut tonic::Streaming<DeltaDiscoveryResponse>,
+) -> (Kind, Vec<String>, Vec<String>, DeltaDiscoveryResponse) {
+    let r = next_delta(inbound).await;
+    tx.send(delta_ack(&r)).await.unwrap();
+    (
+        Kind::from_type_url(&r.type_url).unwrap(),
+        r.resources.iter().map(|r| r.name.clone()).collect(),
+        r.removed_resources.clone(),
+        r,
+    )
+}
+
+#[tokio::test]
+async fn delta_sends_only_what_changed_and_what_is_gone() {
+    let source = FakeSource::new(config(3));
+    let url = start(source.clone()).await;
+    let (tx, mut inbound) = delta_stream(&url, DeltaClient::new("raw").initial_requests())
+        .await
+        .unwrap();
+    let mut first = Vec::new();
+    let mut versions: HashMap<String, String> = HashMap::new();
+    for _ in 0..3 {
+        let (kind, names, removed, r) = next_acked(&tx, &mut inbound).await;
+        assert!(removed.is_empty());
+        for res in &r.resources {
+            // The version is the hash of the bytes sent.
+            let any = res.resource.as_ref().unwrap();
+            assert_eq!(res.version, content_version(&any.value));
+            versions.insert(res.name.clone(), res.version.clone());
+        }
+        first.push((kind, names.len()));
+    }
+    assert_eq!(
+        first,
+        [(Kind::Cluster, 3), (Kind::Endpoints, 3), (Kind::Routes, 2)]
+    );
+
+    // An endpoint change: exactly one ClusterLoadAssignment, nothing else.
+    source.set_endpoints("s2-1", &[]);
+    let (kind, names, removed, _) = next_acked(&tx, &mut inbound).await;
+    assert_eq!(
+        (kind, names, removed),
+        (Kind::Endpoints, vec!["default/s2-1".to_string()], vec![])
+    );
+    nothing_pending(&tx, &mut inbound, "probe-1").await;
+
+    // A NACK is logged, not answered; the stream stays.
+    tx.send(DeltaDiscoveryRequest {
+        type_url: Kind::Endpoints.type_url().into(),
+        response_nonce: "4".into(),
+        error_detail: Some(test_nack()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+
+    // s2 goes away: its cluster and CLA are removed, the route configurations change.
+    source.set_config(config(2));
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let (kind, names, removed, _) = next_acked(&tx, &mut inbound).await;
+        got.push((kind, names.len(), removed));
+    }
+    assert_eq!(
+        got,
+        [
+            (Kind::Cluster, 0, vec!["default/s2-1".to_string()]),
+            (Kind::Endpoints, 0, vec!["default/s2-1".to_string()]),
+            (Kind::Routes, 2, vec![]),
+        ]
+    );
+    nothing_pending(&tx, &mut inbound, "probe-2").await;
+}
+
+#[tokio::test]
+async fn a_redialled_delta_stream_gets_only_what_it_lacks() {
+    let source = FakeSource::new(config(3));
+    let url = start(source.clone()).await;
+    let (tx, mut inbound) = delta_stream(&url, DeltaClient::new("raw").initial_requests())
+        .await
+        .unwrap();
+    let mut held: [HashMap<String, String>; 3] = Default::default();
+    for _ in 0..3 {
+        let (kind, _, _, r) = next_acked(&tx, &mut inbound).await;
+        for res in r.resources {
+            held[kind as usize].insert(res.name, res.version);
+        }
+    }
+    drop((tx, inbound));
+
+    // Meanwhile s0's endpoints change; the client also holds a cluster the server never had.
+    source.set_endpoints("s0-1", &["127.0.0.1:7000"]);
+    held[Kind::Cluster as usize].insert("default/ghost-1".into(), "x".into());
+    let mut reqs = DeltaClient::new("raw").initial_requests();
+    for (r, versions) in reqs.iter_mut().zip(held) {
+        r.initial_resource_versions = versions;
+    }
+    let (tx, mut inbound) = delta_stream(&url, reqs).await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let (kind, names, removed, _) = next_acked(&tx, &mut inbound).await;
+        got.push((kind, names, removed));
+    }
+    assert_eq!(
+        got,
+        [
+            (Kind::Cluster, vec![], vec!["default/ghost-1".to_string()]),
+            (Kind::Endpoints, vec!["default/s0-1".to_string()], vec![]),
+            // Nothing changed, but a first answer always comes: the client is up to date.
+            (Kind::Routes, vec![], vec![]),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn named_delta_subscriptions_get_their_names_only() {
+    let source = FakeSource::new(config(3));
+    let url = start(source.clone()).await;
+    let first = vec![DeltaDiscoveryRequest {
+        node: Some(Default::default()),
+        type_url: Kind::Endpoints.type_url().into(),
+        resource_names_subscribe: vec!["default/s1-1".into(), "default/nope".into()],
+        ..Default::default()
+    }];
+    let (tx, mut inbound) = delta_stream(&url, first).await.unwrap();
+    let (kind, names, removed, _) = next_acked(&tx, &mut inbound).await;
+    assert_eq!(
+        (kind, names, removed),
+        (
+            Kind::Endpoints,
+            vec!["default/s1-1".to_string()],
+            vec!["default/nope".to_string()]
+        ),
+        "the name asked for, and the one that does not exist"
+    );
+    // Another revision's change is not sent; this one's is.
+    source.set_endpoints("s2-1", &[]);
+    source.set_endpoints("s1-1", &[]);
+    let (_, names, _, _) = next_acked(&tx, &mut inbound).await;
+    assert_eq!(names, ["default/s1-1"]);
+    // Subscribing to one more sends it (even unchanged); unsubscribing stops the updates.
+    tx.send(DeltaDiscoveryRequest {
+        type_url: Kind::Endpoints.type_url().into(),
+        resource_names_subscribe: vec!["default/s0-1".into()],
+        resource_names_unsubscribe: vec!["default/s1-1".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let (_, names, _, _) = next_acked(&tx, &mut inbound).await;
+    assert_eq!(names, ["default/s0-1"]);
+    source.set_endpoints("s1-1", &["127.0.0.1:7001"]);
+    source.set_endpoints("s0-1", &["127.0.0.1:7000"]);
+    let (_, names, _, _) = next_acked(&tx, &mut inbound).await;
+    assert_eq!(names, ["default/s0-1"], "s1-1 is unsubscribed");
+    // "*" turns it into a wildcard: everything the client lacks.
+    tx.send(DeltaDiscoveryRequest {
+        type_url: Kind::Endpoints.type_url().into(),
+        resource_names_subscribe: vec!["*".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let (_, names, _, _) = next_acked(&tx, &mut inbound).await;
+    assert_eq!(names, ["default/s1-1", "default/s2-1"]);
+}
+
+#[tokio::test]
+async fn without_delta_the_server_answers_unimplemented() {
+    let source = FakeSource::new(config(1));
+    let url = start_with(source, ServeOptions { delta: false }).await;
+    let refused = delta_stream(&url, DeltaClient::new("raw").initial_requests()).await;
+    let Err(status) = refused else {
+        panic!("a delta stream without delta")
+    };
+    assert_eq!(status.code(), tonic::Code::Unimplemented);
 }
