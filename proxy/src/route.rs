@@ -33,11 +33,19 @@ const HELD_BODY_LIMIT: usize = 64 * 1024;
 const MAX_CONNECT_ATTEMPTS: usize = 3;
 
 static TAG_HEADER: HeaderName = HeaderName::from_static("knative-serving-tag");
-static REVISION_HEADER: HeaderName = HeaderName::from_static("knative-serving-revision");
-static NAMESPACE_HEADER: HeaderName = HeaderName::from_static("knative-serving-namespace");
 static XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
-static XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static PROXY_HEADER: HeaderName = HeaderName::from_static("k-proxy-request");
+// The names of the headers added to every proxied request, as they go on the wire. pingora
+// keeps a request's header-name case beside its map; given a `HeaderName` it copies the name
+// into a new buffer on every insert, given a static `Bytes` it stores it as is.
+static REVISION_WIRE: Bytes = Bytes::from_static(b"Knative-Serving-Revision");
+static NAMESPACE_WIRE: Bytes = Bytes::from_static(b"Knative-Serving-Namespace");
+static TAG_WIRE: Bytes = Bytes::from_static(b"Knative-Serving-Tag");
+static XFF_WIRE: Bytes = Bytes::from_static(b"X-Forwarded-For");
+static XFP_WIRE: Bytes = Bytes::from_static(b"X-Forwarded-Proto");
+// Removed from every request: named once rather than parsed from a &str per request.
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Requests between their first byte and their last log line, across all listeners.
 /// SIGTERM drains until this is zero.
@@ -429,17 +437,17 @@ impl ProxyHttp for WeirProxy {
     ) -> Result<()> {
         strip_hop_by_hop(req, session.is_upgrade_req());
         if let Some(rev) = &ctx.revision {
-            req.insert_header(REVISION_HEADER.clone(), rev.name_value.clone())?;
-            req.insert_header(NAMESPACE_HEADER.clone(), rev.namespace_value.clone())?;
+            req.insert_header(REVISION_WIRE.clone(), rev.name_value.clone())?;
+            req.insert_header(NAMESPACE_WIRE.clone(), rev.namespace_value.clone())?;
         }
         if let Some(tag) = &ctx.tag {
-            req.insert_header(TAG_HEADER.clone(), tag.clone())?;
+            req.insert_header(TAG_WIRE.clone(), tag.clone())?;
         }
         if let Some(PingoraAddr::Inet(addr)) = session.client_addr() {
             let xff = forwarded_for(req.headers.get(&XFF), addr.ip());
-            req.insert_header(XFF.clone(), xff)?;
+            req.insert_header(XFF_WIRE.clone(), xff)?;
         }
-        req.insert_header(XFP.clone(), self.scheme.clone())?;
+        req.insert_header(XFP_WIRE.clone(), self.scheme.clone())?;
         for headers in [&ctx.pre_headers, &ctx.post_headers].into_iter().flatten() {
             for (name, value) in headers.iter() {
                 req.insert_header(name.clone(), value.clone())?;
@@ -614,7 +622,9 @@ fn forwarded_for(existing: Option<&HeaderValue>, ip: std::net::IpAddr) -> Header
         buf.extend_from_slice(b", ");
     }
     let _ = write!(buf, "{ip}");
-    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static(""))
+    // From the buffer itself, not a copy of it.
+    HeaderValue::from_maybe_shared(Bytes::from(buf))
+        .unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 /// Drops hop-by-hop headers (RFC 9110 section 7.6.1): `Connection` and the headers it names,
@@ -640,8 +650,8 @@ fn strip_hop_by_hop(req: &mut RequestHeader, upgrade: bool) {
         }
         req.remove_header(&header::CONNECTION);
     }
-    req.remove_header("keep-alive");
-    req.remove_header("proxy-connection");
+    req.remove_header(&KEEP_ALIVE);
+    req.remove_header(&PROXY_CONNECTION);
     if let Some(te) = req.headers.get(header::TE) {
         if !te.as_bytes().eq_ignore_ascii_case(b"trailers") {
             req.remove_header(&header::TE);

@@ -7,6 +7,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use weir_config::{compile, Config, ConfigError, ConfigErrors, Endpoint, RouteTable};
@@ -123,16 +124,24 @@ impl State {
     /// Validates, compiles and publishes `cfg`. On error nothing changes.
     pub fn apply(&self, cfg: Config, source: &str) -> Result<u64, ConfigErrors> {
         let _updating = self.update_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let started = Instant::now();
         let result = self.apply_locked(cfg);
         self.metrics.config_update(source, result.is_ok());
-        if let Ok(g) = result {
-            log::info!("config generation {g} applied from {source}");
+        if let Ok((g, compiled)) = result {
+            log::info!(
+                "config generation {g} applied from {source} in {:.1} ms (compile {:.1} ms)",
+                started.elapsed().as_secs_f64() * 1e3,
+                compiled.as_secs_f64() * 1e3
+            );
         }
-        result
+        result.map(|(g, _)| g)
     }
 
-    fn apply_locked(&self, cfg: Config) -> Result<u64, ConfigErrors> {
+    /// The new generation and the time its compile took.
+    fn apply_locked(&self, cfg: Config) -> Result<(u64, Duration), ConfigErrors> {
+        let started = Instant::now();
         let table = compile(&cfg)?;
+        let compiled = started.elapsed();
         let resolved = resolve_all(&cfg)?;
         let certs = match self.tls.get() {
             Some((_, base)) => Some(tls::load(&cfg, base)?),
@@ -180,12 +189,13 @@ impl State {
         drop(registry);
 
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        self.current.store(Arc::new(Snapshot {
+        let old = self.current.swap(Arc::new(Snapshot {
             generation,
             config: Arc::new(cfg),
             table,
             revisions: revisions.into_boxed_slice(),
         }));
+        drop_elsewhere(old);
         if let (Some(certs), Some((store, _))) = (certs, self.tls.get()) {
             store.store(certs);
         }
@@ -196,7 +206,7 @@ impl State {
         self.metrics.config_generation.set(generation as i64);
         self.ready.store(true, Ordering::SeqCst);
         let _ = self.changes.send(Change::Config { generation });
-        Ok(generation)
+        Ok((generation, compiled))
     }
 
     /// Replaces one revision's endpoints without recompiling routes; wakes held requests.
@@ -263,6 +273,22 @@ impl State {
                 .collect();
         }
         (generation, cfg)
+    }
+}
+
+/// Frees a replaced snapshot on another thread: a 10,000-service table takes milliseconds to
+/// free, which would otherwise delay the update's answer (and the next update). Requests still
+/// holding it keep it alive as before; whoever lets go last frees it.
+fn drop_elsewhere(old: Arc<Snapshot>) {
+    if Arc::strong_count(&old) > 1 || old.revisions.len() < 1000 {
+        return; // someone else drops it last, or it is small
+    }
+    if std::thread::Builder::new()
+        .name("weir-free".into())
+        .spawn(move || drop(old))
+        .is_err()
+    {
+        log::debug!("could not start a thread to free the old config; freed in place");
     }
 }
 
