@@ -22,6 +22,10 @@
 //!   `initial_resource_versions`) and sends only resources whose version differs, plus
 //!   `removed_resources` for names that are gone; a type with nothing to send is skipped
 //!   (except the first answer to a subscription, which tells the client it has everything).
+//! - Each snapshot records what changed since the one it was built from; a stream that
+//!   pushed exactly that one looks at those names only (an endpoint change at 10,000
+//!   services is one lookup, not a comparison of 20,000 resources), any other stream
+//!   compares everything.
 //! - An empty first subscription or `"*"` is a wildcard; other names subscribe to those
 //!   names only, and `resource_names_unsubscribe` takes them back.
 //!
@@ -92,10 +96,31 @@ struct TypeSet {
     items: Arc<BTreeMap<String, Arc<Item>>>,
 }
 
+/// What changed in one type between a snapshot and the one it was built from.
+#[derive(Debug, Default)]
+struct Diff {
+    /// Names added or replaced.
+    changed: Vec<String>,
+    /// Names gone.
+    removed: Vec<String>,
+}
+
 /// Everything the streams serve, indexed by `Kind as usize`.
 #[derive(Debug, Clone, Default)]
 struct Snapshot {
     types: [TypeSet; 3],
+    /// Unique per snapshot (0: the empty one before the first).
+    id: u64,
+    /// The snapshot this one was built from, and per type what changed since it: a delta
+    /// stream that pushed exactly `base` looks only at those names instead of comparing all
+    /// 20,000 resources of a 10,000-service config (an endpoint change is then one lookup).
+    base: u64,
+    diffs: [Arc<Diff>; 3],
+}
+
+fn next_snapshot_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 fn encode<M: prost::Name>(m: &M) -> Any {
@@ -132,7 +157,11 @@ fn same(a: &Arc<Item>, b: &Arc<Item>) -> bool {
 /// streams compare pointers, and delta versions stay) and unchanged types keep their version.
 fn build(generation: u64, cfg: &Config, prev: &Snapshot) -> Snapshot {
     let res = to_resources(cfg);
-    let mut next = Snapshot::default();
+    let mut next = Snapshot {
+        id: next_snapshot_id(),
+        base: prev.id,
+        ..Snapshot::default()
+    };
     let fresh = [
         reuse(
             &res.clusters,
@@ -146,8 +175,10 @@ fn build(generation: u64, cfg: &Config, prev: &Snapshot) -> Snapshot {
         ),
         reuse(&res.routes, |r| &r.name, &prev.types[Kind::Routes as usize]),
     ];
-    for (i, (items, changed)) in fresh.into_iter().enumerate() {
+    for (i, (items, diff)) in fresh.into_iter().enumerate() {
         let old = &prev.types[i];
+        let changed = !diff.changed.is_empty() || !diff.removed.is_empty();
+        next.diffs[i] = Arc::new(diff);
         next.types[i] = if changed || old.version.is_empty() {
             TypeSet {
                 version: generation.to_string(),
@@ -161,7 +192,7 @@ fn build(generation: u64, cfg: &Config, prev: &Snapshot) -> Snapshot {
 }
 
 /// Encodes `msgs` by name, taking `old`'s item for each resource equal to the old one;
-/// whether anything differs from `old`.
+/// what differs from `old`.
 ///
 /// Equal is compared on the messages, not only the bytes: prost encodes protobuf maps
 /// (metadata `Struct`s) in `HashMap` order, which differs between two equal messages, so
@@ -172,8 +203,8 @@ fn reuse<M: prost::Name + Default + PartialEq>(
     msgs: &[M],
     name: impl Fn(&M) -> &String,
     old: &TypeSet,
-) -> (BTreeMap<String, Arc<Item>>, bool) {
-    let mut changed = msgs.len() != old.items.len();
+) -> (BTreeMap<String, Arc<Item>>, Diff) {
+    let mut diff = Diff::default();
     let mut items = BTreeMap::new();
     for m in msgs {
         let fresh = encode(m);
@@ -186,13 +217,19 @@ fn reuse<M: prost::Name + Default + PartialEq>(
                 o.clone()
             }
             _ => {
-                changed = true;
+                diff.changed.push(name(m).clone());
                 item(fresh)
             }
         };
         items.insert(name(m).clone(), item);
     }
-    (items, changed)
+    diff.removed = old
+        .items
+        .keys()
+        .filter(|n| !items.contains_key(*n))
+        .cloned()
+        .collect();
+    (items, diff)
 }
 
 /// How [`serve_with`] serves ADS.
@@ -304,6 +341,7 @@ fn endpoint_snapshot(
     let eds = Kind::Endpoints as usize;
     let mut items = (*current.types[eds].items).clone();
     let mut version = current.types[eds].version.clone();
+    let mut diff = Diff::default();
     for c in changes {
         let SourceChange::Endpoints { namespace, name } = c else {
             return None;
@@ -313,12 +351,17 @@ fn endpoint_snapshot(
         let slot = items.get_mut(&cluster)?;
         *slot = item(encode(&load_assignment(&cluster, &eps)));
         version = generation.to_string();
+        diff.changed.push(cluster);
     }
     let mut next = current.clone();
     next.types[eds] = TypeSet {
         version,
         items: Arc::new(items),
     };
+    next.id = next_snapshot_id();
+    next.base = current.id;
+    next.diffs = Default::default();
+    next.diffs[eds] = Arc::new(diff);
     Some(next)
 }
 
@@ -374,6 +417,7 @@ impl AdsServer {
             node: String::new(),
             subs: Default::default(),
             nonce: 0,
+            pushed: 0,
             tx,
         };
         tokio::spawn(run(stream, inbound, self.snapshots.clone()));
@@ -388,6 +432,8 @@ struct Conn<S, R> {
     node: String,
     subs: [Option<S>; 3],
     nonce: u64,
+    /// Id of the snapshot last pushed whole by `push_all` (0: none yet).
+    pushed: u64,
     tx: mpsc::Sender<Result<R, Status>>,
 }
 
@@ -734,16 +780,62 @@ impl AdsStream for DeltaStream {
     }
 
     async fn push_all(&mut self, snap: &Snapshot) -> Result<(), Gone> {
+        // Built from the snapshot last pushed: only its diff can differ from what the
+        // client has (what `known` says is checked all the same).
+        let incremental = self.pushed != 0 && snap.base == self.pushed;
         for kind in Kind::ALL {
-            if self.subs[kind as usize].is_some() {
+            if self.subs[kind as usize].is_none() {
+                continue;
+            }
+            if incremental {
+                self.push_diff(kind, snap).await?;
+            } else {
                 self.push(kind, snap, &[], false).await?;
             }
         }
+        self.pushed = snap.id;
         Ok(())
     }
 }
 
+/// A delta `Resource` of `item`, named.
+fn resource(name: &str, item: &Item) -> Resource {
+    Resource {
+        name: name.to_owned(),
+        version: item.version.clone(),
+        resource: Some(item.any.clone()),
+        ..Default::default()
+    }
+}
+
 impl DeltaStream {
+    /// [`Self::push`] over the names of `snap`'s diff only.
+    async fn push_diff(&mut self, kind: Kind, snap: &Snapshot) -> Result<(), Gone> {
+        let set = &snap.types[kind as usize];
+        let diff = &snap.diffs[kind as usize];
+        let Some(sub) = &mut self.subs[kind as usize] else {
+            return Ok(());
+        };
+        let resources: Vec<Resource> = diff
+            .changed
+            .iter()
+            .filter(|n| sub.wants(n))
+            .filter_map(|n| set.items.get_key_value(n))
+            .filter(|(n, item)| sub.known.get(*n) != Some(&item.version))
+            .map(|(n, item)| resource(n, item))
+            .collect();
+        let removed: Vec<String> = diff
+            .removed
+            .iter()
+            .filter(|n| sub.known.contains_key(*n) && !set.items.contains_key(*n))
+            .cloned()
+            .collect();
+        if resources.is_empty() && removed.is_empty() {
+            return Ok(());
+        }
+        self.send(kind, set, resources, removed).await
+    }
+
     /// Sends the `kind` resources whose version the client does not have, and the names it
     /// has that are gone (and `fresh`ly subscribed names that do not exist); nothing when
     /// that is nothing, unless `always`.
@@ -762,12 +854,7 @@ impl DeltaStream {
             .items
             .iter()
             .filter(|(n, item)| sub.wants(n) && sub.known.get(*n) != Some(&item.version))
-            .map(|(n, item)| Resource {
-                name: n.clone(),
-                version: item.version.clone(),
-                resource: Some(item.any.clone()),
-                ..Default::default()
-            })
+            .map(|(n, item)| resource(n, item))
             .collect();
         let mut removed: BTreeSet<String> = sub
             .known
@@ -784,6 +871,21 @@ impl DeltaStream {
         if resources.is_empty() && removed.is_empty() && !always {
             return Ok(());
         }
+        self.send(kind, set, resources, removed.into_iter().collect())
+            .await
+    }
+
+    /// Sends one delta response (even an empty one) and notes what the client now has.
+    async fn send(
+        &mut self,
+        kind: Kind,
+        set: &TypeSet,
+        resources: Vec<Resource>,
+        removed: Vec<String>,
+    ) -> Result<(), Gone> {
+        let Some(sub) = &mut self.subs[kind as usize] else {
+            return Ok(());
+        };
         for r in &resources {
             sub.known.insert(r.name.clone(), r.version.clone());
         }
@@ -795,7 +897,7 @@ impl DeltaStream {
             system_version_info: set.version.clone(),
             resources,
             type_url: kind.type_url().into(),
-            removed_resources: removed.into_iter().collect(),
+            removed_resources: removed,
             nonce: self.nonce.to_string(),
             ..Default::default()
         };

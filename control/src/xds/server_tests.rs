@@ -451,6 +451,35 @@ async fn delta_sends_only_what_changed_and_what_is_gone() {
         ]
     );
     nothing_pending(&tx, &mut inbound, "probe-2").await;
+
+    // Snapshots now follow one another, so the stream looks only at each one's diff: an
+    // endpoint change is still exactly one ClusterLoadAssignment, and a config change back
+    // to three services adds exactly s2's resources.
+    source.set_endpoints("s1-1", &["10.0.0.9:80"]);
+    let (kind, names, removed, _) = next_acked(&tx, &mut inbound).await;
+    assert_eq!(
+        (kind, names, removed),
+        (Kind::Endpoints, vec!["default/s1-1".to_string()], vec![])
+    );
+    source.set_config(config(3));
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let (kind, names, removed, _) = next_acked(&tx, &mut inbound).await;
+        got.push((kind, names, removed));
+    }
+    let s2 = vec!["default/s2-1".to_string()];
+    assert_eq!(got[0], (Kind::Cluster, s2.clone(), vec![]));
+    // s1-1's endpoints go back to config(3)'s, and s2-1's are new.
+    assert_eq!(
+        got[1],
+        (
+            Kind::Endpoints,
+            vec!["default/s1-1".to_string(), "default/s2-1".to_string()],
+            vec![]
+        )
+    );
+    assert_eq!((got[2].0, got[2].1.len()), (Kind::Routes, 2));
+    nothing_pending(&tx, &mut inbound, "probe-3").await;
 }
 
 #[tokio::test]
