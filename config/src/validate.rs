@@ -1,6 +1,10 @@
 //! Semantic checks of a parsed [`Config`]: every error at once, each with its path and a hint.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+// Validation hashes every host and name of the config once per update: foldhash instead of
+// std's SipHash (6% of a 10,000-service update's CPU in the proxy's profile).
+use foldhash::{HashMap, HashMapExt as _};
 use std::net::SocketAddr;
 
 use crate::error::{ConfigError, ConfigErrors};
