@@ -77,3 +77,36 @@ async fn malformed_requests_get_4xx_and_never_reach_the_backend() {
     assert_eq!(ok.status, 200);
     assert_eq!(backend.requests(), 1);
 }
+
+/// Plain-text listeners also accept h2c, so a new connection is first checked for the
+/// 24-byte HTTP/2 preface. A complete HTTP/1 request shorter than that must be answered at
+/// once, not wait for bytes that never come (pingora 0.9.1 waited: vendor/pingora-core).
+#[tokio::test]
+async fn requests_shorter_than_the_h2_preface_are_answered() {
+    let backend = Backend::start("hello-00001");
+    let weir = start_weir!(json!({
+        "services": [{"name": "hello", "traffic": [{"revision": "hello-00001", "percent": 100}]}],
+        "revisions": [{"name": "hello-00001", "endpoints": [backend.endpoint()]}],
+    }));
+    for request in [
+        "GET / HTTP/1.1\r\n\r\n",        // 18 bytes, no Host: 400
+        "GET / HTTP/1.0\r\n\r\n",        // HTTP/1.0 needs no Host: no route, 404
+        "OPTIONS / HTTP/1.0\r\n\r\n",    // haproxy's default health check, 22 bytes
+        "GET / HTTP/1.1\r\nA:b\r\n\r\n", // 23 bytes, one header, no Host
+    ] {
+        assert!(
+            request.len() < 24,
+            "{request:?} is not shorter than the preface"
+        );
+        // raw_request panics if no full answer comes within its timeout.
+        let r = raw_request(weir.http_addr(), request).await;
+        assert!(
+            (400..500).contains(&r.status),
+            "{request:?}: expected a 4xx, got {} {:?}",
+            r.status,
+            r.body
+        );
+    }
+    assert_eq!(backend.requests(), 0);
+    // h2c is still detected: the protocols tests run gRPC and HTTP/2 over this listener.
+}
