@@ -12,31 +12,16 @@ usage: python3 benches/apply_time.py [WEIR_BINARY] [N ...]
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 
+from benchutil import free_port, rss_kib
+
 WEIR = sys.argv[1] if len(sys.argv) > 1 else "target/release/weir"
 SIZES = [int(n) for n in sys.argv[2:]] or [1000, 10000, 100000]
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def rss_mib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def config(n, gen):
@@ -74,12 +59,12 @@ for n in SIZES:
                 break
             except Exception:
                 time.sleep(0.05)
-        before = rss_mib(proc.pid)
+        before = rss_kib(proc.pid) / 1024
         b1 = json.dumps(config(n, 1)).encode()
         b2 = json.dumps(config(n, 2)).encode()
         t1 = put(admin, b1)
         t2 = put(admin, b2)
-        after = rss_mib(proc.pid)
+        after = rss_kib(proc.pid) / 1024
         print(f"| {n:,} | {len(b1) / 1e6:.1f} | {t1 * 1000:.0f} | {t2 * 1000:.0f} | {before:.1f} | {after:.1f} |")
     finally:
         proc.terminate()

@@ -13,31 +13,16 @@ Raise the open-files limit first if needed: ulimit -n 65536.
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 
+from benchutil import free_port, rss_kib
+
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000
 WEIR = sys.argv[2] if len(sys.argv) > 2 else "target/release/weir"
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def admin(port, method, path, body=None):
@@ -57,7 +42,8 @@ async def backend(port):
                     break
                 writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
                 await writer.drain()
-        except Exception:
+        except (Exception, asyncio.CancelledError):
+            # Closed by the proxy, or cancelled when the script ends: nothing to report.
             pass
         writer.close()
     return await asyncio.start_server(handle, "127.0.0.1", port, backlog=4096)

@@ -118,19 +118,11 @@ fn service_vhosts(
                     // that matches the header exactly, before the default split.
                     for (t, tt) in svc.traffic.iter().enumerate() {
                         if let Some(tag) = &tt.tag {
-                            routes.push(Route {
-                                r#match: Some(prefix_match(
-                                    "/",
-                                    [(TAG_HEADER.to_ascii_lowercase(), tag.clone())],
-                                )),
-                                request_headers_to_add: header_options(
-                                    &[(TAG_HEADER.to_string(), tag.clone())]
-                                        .into_iter()
-                                        .collect(),
-                                ),
-                                action: Some(route::Action::Route(single_cluster(cluster_of(t)))),
-                                ..Default::default()
-                            });
+                            routes.push(tag_route(
+                                prefix_match("/", [(TAG_HEADER.to_ascii_lowercase(), tag.clone())]),
+                                tag,
+                                cluster_of(t),
+                            ));
                         }
                     }
                 }
@@ -150,16 +142,7 @@ fn service_vhosts(
             }
             HostTarget::Tag(t) => {
                 let tag = svc.traffic[t].tag.clone().unwrap_or_default();
-                let route = Route {
-                    r#match: Some(prefix_match("/", [])),
-                    request_headers_to_add: header_options(
-                        &[(TAG_HEADER.to_string(), tag.clone())]
-                            .into_iter()
-                            .collect(),
-                    ),
-                    action: Some(route::Action::Route(single_cluster(cluster_of(t)))),
-                    ..Default::default()
-                };
+                let route = tag_route(prefix_match("/", []), &tag, cluster_of(t));
                 (format!("{}/{}/{tag}", svc.namespace, svc.name), vec![route])
             }
         };
@@ -249,6 +232,21 @@ fn affinity_metadata(a: Option<&Affinity>) -> Option<Metadata> {
         .collect(),
         ..Default::default()
     })
+}
+
+/// A route to one revision of a tag (a tag host, or a tag header on the service's hosts):
+/// it sets `Knative-Serving-Tag` upstream.
+fn tag_route(matching: RouteMatch, tag: &str, cluster: String) -> Route {
+    Route {
+        r#match: Some(matching),
+        request_headers_to_add: header_options(
+            &[(TAG_HEADER.to_string(), tag.to_string())]
+                .into_iter()
+                .collect(),
+        ),
+        action: Some(route::Action::Route(single_cluster(cluster))),
+        ..Default::default()
+    }
 }
 
 fn prefix_match(prefix: &str, headers: impl IntoIterator<Item = (String, String)>) -> RouteMatch {
