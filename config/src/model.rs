@@ -50,31 +50,144 @@ pub struct Config {
     pub revisions: Vec<Revision>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tls: Vec<TlsEntry>,
+    /// Hosts on which Weir answers a readiness path itself (a load balancer's or kubelet's
+    /// probe of the gateway, e.g. Kourier's `internalkourier`).
+    #[serde(default, skip_serializing_if = "Readiness::is_empty")]
+    pub readiness: Readiness,
+    /// How `X-Forwarded-For` and `X-Forwarded-Proto` are treated.
+    #[serde(default, skip_serializing_if = "Forwarded::is_default")]
+    pub forwarded: Forwarded,
     #[serde(flatten, skip_serializing)]
     pub unknown: Unknown,
 }
 
-/// Listener addresses; each is overridden by the matching command-line flag.
+/// Listener addresses; each kind is replaced by the matching command-line flags. Each takes
+/// one address or a list (`http: ["0.0.0.0:8080", "0.0.0.0:8090"]`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Listen {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub http: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub internal: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub https: Option<String>,
+    #[serde(default, skip_serializing_if = "Addrs::is_empty")]
+    pub http: Addrs,
+    #[serde(default, skip_serializing_if = "Addrs::is_empty")]
+    pub internal: Addrs,
+    #[serde(default, skip_serializing_if = "Addrs::is_empty")]
+    pub https: Addrs,
+    /// Cluster-local TLS listeners (Kourier's 8444).
+    #[serde(default, skip_serializing_if = "Addrs::is_empty")]
+    pub internal_https: Addrs,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin: Option<String>,
+    /// Ports whose listeners expect a PROXY protocol (v1 or v2) header before anything else.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub proxy_protocol: Vec<u16>,
     #[serde(flatten, skip_serializing)]
     pub unknown: Unknown,
 }
 
 impl Listen {
     fn is_empty(&self) -> bool {
-        self.http.is_none()
-            && self.internal.is_none()
-            && self.https.is_none()
+        self.http.is_empty()
+            && self.internal.is_empty()
+            && self.https.is_empty()
+            && self.internal_https.is_empty()
             && self.admin.is_none()
+            && self.proxy_protocol.is_empty()
+    }
+}
+
+/// One listener address or several, as written (`"0.0.0.0:8080"` or a list of them).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Addrs(pub Vec<String>);
+
+impl Addrs {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Serialize for Addrs {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0.as_slice() {
+            [one] => s.serialize_str(one),
+            many => many.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Addrs {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany {
+            One(String),
+            Many(Vec<String>),
+        }
+        match OneOrMany::deserialize(d) {
+            Ok(OneOrMany::One(a)) => Ok(Addrs(vec![a])),
+            Ok(OneOrMany::Many(v)) => Ok(Addrs(v)),
+            Err(_) => Err(serde::de::Error::custom(
+                "expected an address (\"0.0.0.0:8080\") or a list of addresses",
+            )),
+        }
+    }
+}
+
+/// Weir's own answer to readiness probes of the gateway itself: `GET <path>` with one of
+/// `hosts` is answered 200 once a config is in force and 503 before, on every listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Readiness {
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default = "defaults::readiness_path")]
+    pub path: String,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Readiness {
+            hosts: Vec::new(),
+            path: defaults::readiness_path(),
+            unknown: Unknown::new(),
+        }
+    }
+}
+
+impl Readiness {
+    fn is_empty(&self) -> bool {
+        self.hosts.is_empty() && self.path == defaults::readiness_path()
+    }
+}
+
+/// How the client address and scheme reach the backend (Envoy's `use_remote_address` and
+/// `xff_num_trusted_hops`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Forwarded {
+    /// Append the client's address to `X-Forwarded-For` (otherwise pass it on unchanged).
+    #[serde(default = "defaults::yes")]
+    pub use_remote_address: bool,
+    /// Proxies in front of Weir whose `X-Forwarded-Proto` is believed: with 1 or more, a
+    /// request that carries `X-Forwarded-Proto` keeps it (a TLS-terminating load balancer's
+    /// `https` reaches the app); with 0 it is set to the listener's scheme.
+    #[serde(default)]
+    pub trusted_hops: u32,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+impl Default for Forwarded {
+    fn default() -> Self {
+        Forwarded {
+            use_remote_address: true,
+            trusted_hops: 0,
+            unknown: Unknown::new(),
+        }
+    }
+}
+
+impl Forwarded {
+    fn is_default(&self) -> bool {
+        self.use_remote_address && self.trusted_hops == 0
     }
 }
 
@@ -111,12 +224,18 @@ pub struct Autoscaler {
     pub unknown: Unknown,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Visibility {
     #[default]
     External,
     ClusterLocal,
+}
+
+impl Visibility {
+    pub fn is_external(&self) -> bool {
+        *self == Visibility::External
+    }
 }
 
 /// The friendly form: one Knative Route with its traffic block.
@@ -282,12 +401,29 @@ pub struct Revision {
     pub unknown: Unknown,
 }
 
+/// A certificate and the server names (SNI) it is presented for.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TlsEntry {
     #[serde(default)]
     pub hosts: Vec<String>,
-    pub cert: String,
-    pub key: String,
+    /// Path of the PEM chain (relative to the config file); or `cert_pem`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<String>,
+    /// Path of the PEM key; or `key_pem`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The PEM chain itself (as xDS delivers it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_pem: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_pem: Option<String>,
+    /// Presented when the client sends no server name or one no entry lists.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub default: bool,
+    /// Which TLS listeners serve it: `external` (`https`) or `cluster-local`
+    /// (`internal_https`).
+    #[serde(default, skip_serializing_if = "Visibility::is_external")]
+    pub visibility: Visibility,
     #[serde(flatten, skip_serializing)]
     pub unknown: Unknown,
 }
@@ -410,6 +546,12 @@ mod defaults {
     }
     pub fn report_interval() -> Duration {
         Duration::parse("1s")
+    }
+    pub fn readiness_path() -> String {
+        "/ready".into()
+    }
+    pub fn yes() -> bool {
+        true
     }
 }
 

@@ -50,6 +50,8 @@ pub struct HostRoute {
     pub tags: Arc<[(Box<str>, Target)]>,
     /// Plain-HTTP requests get a 301 to https.
     pub redirect_https: bool,
+    /// A readiness host (`readiness.hosts`): Weir answers this path itself; `paths` is empty.
+    pub readiness: Option<Box<str>>,
 }
 
 /// One path rule: a prefix, exact header matches, and where matching requests go.
@@ -367,6 +369,7 @@ fn compile_valid(cfg: &Config) -> RouteTable {
                     paths,
                     tags: host_tags,
                     redirect_https: svc.http_option == HttpOption::Redirect,
+                    readiness: None,
                 },
             );
         }
@@ -411,10 +414,26 @@ fn compile_valid(cfg: &Config) -> RouteTable {
                         paths: paths.clone(),
                         tags: Arc::new([]),
                         redirect_https: rule.http_option == HttpOption::Redirect,
+                        readiness: None,
                     },
                 );
             }
         }
+    }
+
+    let ready_owner: Arc<str> = "readiness".into();
+    for host in &cfg.readiness.hosts {
+        hosts.insert(
+            normalize_owned(host).into_boxed_str(),
+            HostRoute {
+                external: true,
+                owner: ready_owner.clone(),
+                paths: Arc::new([]),
+                tags: Arc::new([]),
+                redirect_https: false,
+                readiness: Some(cfg.readiness.path.as_str().into()),
+            },
+        );
     }
 
     RouteTable {

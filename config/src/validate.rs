@@ -110,7 +110,7 @@ impl Validator {
             &cfg.unknown,
             "listen, domain, domain_template, tag_template, cluster_domain, \
              tag_header_routing, drain_timeout, threads, node_id, hold, autoscaler, services, \
-             ingresses, revisions, tls",
+             ingresses, revisions, tls, readiness, forwarded",
         );
         self.listen(&cfg.listen);
         if !is_dns_name(&cfg.domain) {
@@ -179,11 +179,45 @@ impl Validator {
             self.ingress(i, ing, &revisions);
         }
         self.duplicate_hosts(cfg);
+        self.tls(cfg);
+        self.readiness(cfg);
+        self.unknown(
+            "forwarded",
+            &cfg.forwarded.unknown,
+            "use_remote_address, trusted_hops",
+        );
+        if cfg.forwarded.trusted_hops > 16 {
+            self.err("forwarded.trusted_hops", "must be from 0 to 16");
+        }
+    }
+
+    fn tls(&mut self, cfg: &Config) {
+        let mut defaults: [Option<usize>; 2] = [None, None];
         for (i, t) in cfg.tls.iter().enumerate() {
             let at = format!("tls[{i}]");
-            self.unknown(&at, &t.unknown, "hosts, cert, key");
-            if t.hosts.is_empty() {
-                self.err(format!("{at}.hosts"), "list at least one host");
+            self.unknown(
+                &at,
+                &t.unknown,
+                "hosts, cert, key, cert_pem, key_pem, default, visibility",
+            );
+            if t.hosts.is_empty() && !t.default {
+                self.err(
+                    format!("{at}.hosts"),
+                    "list at least one host (or set default: true)",
+                );
+            }
+            if t.default {
+                let slot = &mut defaults[usize::from(!t.visibility.is_external())];
+                match slot {
+                    Some(prev) => self.err(
+                        format!("{at}.default"),
+                        format!(
+                            "tls[{prev}] is already the default certificate of these listeners; \
+                             keep one"
+                        ),
+                    ),
+                    None => *slot = Some(i),
+                }
             }
             for (h, host) in t.hosts.iter().enumerate() {
                 let bare = host.strip_prefix("*.").unwrap_or(host);
@@ -194,33 +228,92 @@ impl Validator {
                     );
                 }
             }
-            if t.cert.is_empty() {
-                self.err(
-                    format!("{at}.cert"),
-                    "give the path of a PEM certificate chain",
-                );
-            }
-            if t.key.is_empty() {
-                self.err(format!("{at}.key"), "give the path of a PEM private key");
+            for (file, pem, what) in [(&t.cert, &t.cert_pem, "cert"), (&t.key, &t.key_pem, "key")] {
+                let hint = if what == "cert" {
+                    "a PEM certificate chain"
+                } else {
+                    "a PEM private key"
+                };
+                match (file.as_deref(), pem.as_deref()) {
+                    (Some(_), Some(_)) => self.err(
+                        format!("{at}.{what}_pem"),
+                        format!("give {what} (a file) or {what}_pem (the PEM text), not both"),
+                    ),
+                    (None, None) | (Some(""), None) => self.err(
+                        format!("{at}.{what}"),
+                        format!("give the path of {hint} (or {what}_pem with the PEM text)"),
+                    ),
+                    (None, Some(p)) if !p.contains("-----BEGIN") => self.err(
+                        format!("{at}.{what}_pem"),
+                        format!("is not PEM text (no -----BEGIN line); give {hint}"),
+                    ),
+                    _ => {}
+                }
             }
         }
     }
 
+    fn readiness(&mut self, cfg: &Config) {
+        let r = &cfg.readiness;
+        self.unknown("readiness", &r.unknown, "hosts, path");
+        for (h, host) in r.hosts.iter().enumerate() {
+            self.host(&format!("readiness.hosts[{h}]"), host);
+        }
+        if !r.path.starts_with('/') {
+            self.err(
+                "readiness.path",
+                format!("{:?} must start with '/'", r.path),
+            );
+        }
+    }
+
     fn listen(&mut self, l: &Listen) {
-        self.unknown("listen", &l.unknown, "http, internal, https, admin");
-        for (name, v) in [
+        self.unknown(
+            "listen",
+            &l.unknown,
+            "http, internal, https, internal_https, admin, proxy_protocol",
+        );
+        let lists = [
             ("http", &l.http),
             ("internal", &l.internal),
             ("https", &l.https),
-            ("admin", &l.admin),
-        ] {
-            if let Some(a) = v {
-                if a.parse::<SocketAddr>().is_err() {
-                    self.err(
-                        format!("listen.{name}"),
+            ("internal_https", &l.internal_https),
+        ];
+        let mut seen: HashMap<SocketAddr, String> = HashMap::new();
+        for (name, addrs) in lists {
+            for (i, a) in addrs.0.iter().enumerate() {
+                let at = if addrs.0.len() == 1 {
+                    format!("listen.{name}")
+                } else {
+                    format!("listen.{name}[{i}]")
+                };
+                match a.parse::<SocketAddr>() {
+                    Ok(addr) => {
+                        if let Some(prev) = seen.insert(addr, at.clone()) {
+                            self.err(at, format!("{a:?} is already used by {prev}"));
+                        }
+                    }
+                    Err(_) => self.err(
+                        at,
                         format!("{a:?} is not an address; write IP:port, e.g. 0.0.0.0:8080"),
-                    );
+                    ),
                 }
+            }
+        }
+        if let Some(a) = &l.admin {
+            if a.parse::<SocketAddr>().is_err() {
+                self.err(
+                    "listen.admin",
+                    format!("{a:?} is not an address; write IP:port, e.g. 127.0.0.1:9901"),
+                );
+            }
+        }
+        for (i, p) in l.proxy_protocol.iter().enumerate() {
+            if *p == 0 {
+                self.err(
+                    format!("listen.proxy_protocol[{i}]"),
+                    "0 is not a port; list the ports of the listeners that expect a PROXY header",
+                );
             }
         }
     }
@@ -410,7 +503,9 @@ impl Validator {
             for (h, host) in rule.hosts.iter().enumerate() {
                 self.host(&format!("{rp}.hosts[{h}]"), host);
             }
-            if rule.paths.is_empty() {
+            // A redirecting rule may have no paths: its hosts then only redirect plain HTTP
+            // to https, where no path is routed.
+            if rule.paths.is_empty() && rule.http_option != HttpOption::Redirect {
                 self.err(format!("{rp}.paths"), "list at least one path");
             }
             for (p, path) in rule.paths.iter().enumerate() {
@@ -582,6 +677,12 @@ impl Validator {
                         claim(self, host, path.clone(), path);
                     }
                 }
+            }
+        }
+        for (h, host) in cfg.readiness.hosts.iter().enumerate() {
+            if is_dns_name(host) {
+                let path = format!("readiness.hosts[{h}]");
+                claim(self, host, path.clone(), path);
             }
         }
     }

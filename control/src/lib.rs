@@ -10,6 +10,7 @@
 //!
 //! This crate does not know the proxy: the proxy implements the sink and source traits.
 
+pub mod certs;
 pub mod translate;
 pub mod xds;
 

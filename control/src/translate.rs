@@ -29,6 +29,8 @@ pub use to_xds::{load_assignment, to_resources};
 pub const EXTERNAL_ROUTES: &str = "external_services";
 /// RouteConfiguration of cluster-local hosts, served on the internal listener only.
 pub const INTERNAL_ROUTES: &str = "internal_services";
+/// Kourier's routes of the cluster-local TLS listener.
+pub const INTERNAL_TLS_ROUTES: &str = "internal_tls_services";
 /// Filter-metadata key of a Cluster that carries the revision's settings.
 pub const METADATA_KEY: &str = "weir";
 /// The header a tag host sets upstream.

@@ -47,24 +47,38 @@ struct ProxyArgs {
     /// xDS, or state of the world where the server has no delta).
     #[arg(long, value_name = "URL")]
     xds: Option<String>,
-    /// Public listener [default: listen.http or 0.0.0.0:8080].
+    /// Speak state-of-the-world ADS only, never delta (Kourier acts on state-of-the-world
+    /// NACKs only).
+    #[arg(long, requires = "xds")]
+    xds_sotw: bool,
+    /// Public listener; repeat for several (e.g. Kourier's 8080 and 8090)
+    /// [default: listen.http or 0.0.0.0:8080].
     #[arg(long, value_name = "ADDR")]
-    http: Option<SocketAddr>,
-    /// Cluster-local listener [default: listen.internal, or off].
+    http: Vec<SocketAddr>,
+    /// Cluster-local listener; repeatable [default: listen.internal, or none].
     #[arg(long, value_name = "ADDR")]
-    internal: Option<SocketAddr>,
-    /// TLS listener, certificates by SNI from the config's `tls` [default: listen.https, or off].
+    internal: Vec<SocketAddr>,
+    /// TLS listener, certificates by SNI from the config's `tls` (or xDS Listeners);
+    /// repeatable [default: listen.https, or none].
     #[arg(long, value_name = "ADDR")]
-    https: Option<SocketAddr>,
+    https: Vec<SocketAddr>,
+    /// Cluster-local TLS listener (Kourier's 8444); repeatable
+    /// [default: listen.internal_https, or none].
+    #[arg(long, value_name = "ADDR")]
+    internal_https: Vec<SocketAddr>,
     /// Admin and control API listener [default: listen.admin or 127.0.0.1:9901].
     #[arg(long, value_name = "ADDR")]
     admin: Option<SocketAddr>,
     /// File holding the bearer token the admin API requires.
     #[arg(long, value_name = "FILE")]
     admin_token_file: Option<PathBuf>,
-    /// Identity reported to control planes [default: node_id or the hostname].
+    /// Node id sent to the xDS server (Kourier: 3scale-kourier-gateway on every replica)
+    /// [default: node_id or the hostname].
     #[arg(long, value_name = "ID")]
     node_id: Option<String>,
+    /// This replica's name in autoscaler reports [default: $POD_NAME, or the node id].
+    #[arg(long, value_name = "NAME")]
+    pod_name: Option<String>,
     /// Knative autoscaler to report concurrency to, e.g. ws://127.0.0.1:8090
     /// [default: autoscaler.url, or none].
     #[arg(long, value_name = "URL")]
@@ -75,6 +89,10 @@ struct ProxyArgs {
     /// Log filter, e.g. `info` or `weir_proxy=debug` [default: RUST_LOG, or info].
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<String>,
+    /// Check the arguments and the config (as `weir check` does) and print what would run,
+    /// without binding anything; exit 0 when it would start.
+    #[arg(long)]
+    check_args: bool,
 }
 
 #[derive(Args, Debug)]
@@ -162,21 +180,12 @@ fn load_file(path: &Path) -> Result<Config, Vec<String>> {
     }
 }
 
-/// Files the config points at (TLS certificates and keys) must be readable.
+/// The certificates and keys the config names must load (and match).
 fn check_files(cfg: &Config, base: &Path) -> Vec<ConfigError> {
-    let mut errors = Vec::new();
-    for (i, t) in cfg.tls.iter().enumerate() {
-        for (field, file) in [("cert", &t.cert), ("key", &t.key)] {
-            let p = base.join(file);
-            if let Err(e) = std::fs::metadata(&p) {
-                errors.push(ConfigError::new(
-                    format!("tls[{i}].{field}"),
-                    format!("cannot read {}: {e}", p.display()),
-                ));
-            }
-        }
+    match crate::tls::load(cfg, base) {
+        Ok(_) => Vec::new(),
+        Err(errs) => errs.0,
     }
-    errors
 }
 
 fn check(file: &Path) -> ExitCode {
@@ -232,22 +241,32 @@ fn proxy(args: ProxyArgs) -> ExitCode {
             }
         },
     };
-    let listen = |flag: Option<SocketAddr>, conf: &Option<String>, default: Option<&str>| {
-        flag.or_else(|| conf.as_deref().and_then(|a| a.parse().ok()))
-            .or_else(|| default.and_then(|d| d.parse().ok()))
+    // A kind of listener given by flag replaces the config file's list of that kind.
+    let listen = |flags: Vec<SocketAddr>, conf: &weir_config::model::Addrs| -> Vec<SocketAddr> {
+        if !flags.is_empty() {
+            return flags;
+        }
+        conf.0.iter().filter_map(|a| a.parse().ok()).collect()
     };
-    let http = listen(args.http, &cfg.listen.http, Some("0.0.0.0:8080"))
-        .expect("the default address parses");
-    let internal = listen(args.internal, &cfg.listen.internal, None);
-    let https = listen(args.https, &cfg.listen.https, None);
+    let mut listeners = server::Listeners {
+        http: listen(args.http, &cfg.listen.http),
+        internal: listen(args.internal, &cfg.listen.internal),
+        https: listen(args.https, &cfg.listen.https),
+        internal_https: listen(args.internal_https, &cfg.listen.internal_https),
+    };
+    if listeners.http.is_empty() {
+        listeners.http.push(SocketAddr::from(([0, 0, 0, 0], 8080)));
+    }
     let config_dir = args
         .config
         .as_deref()
         .and_then(Path::parent)
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
-    let admin = listen(args.admin, &cfg.listen.admin, Some("127.0.0.1:9901"))
-        .expect("the default address parses");
+    let admin = args
+        .admin
+        .or_else(|| cfg.listen.admin.as_deref().and_then(|a| a.parse().ok()))
+        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9901)));
     let admin_token = match read_token(args.admin_token_file.as_deref()) {
         Ok(t) => t,
         Err(code) => return code,
@@ -260,11 +279,52 @@ fn proxy(args: ProxyArgs) -> ExitCode {
         .node_id
         .or_else(|| cfg.node_id.clone())
         .unwrap_or_else(crate::autoscaler::hostname);
+    let pod_name = args
+        .pod_name
+        .or_else(|| std::env::var("POD_NAME").ok().filter(|p| !p.is_empty()))
+        .unwrap_or_else(|| node_id.clone());
     if let Some(url) = &args.autoscaler {
         if !(url.starts_with("ws://") || url.starts_with("wss://")) {
             eprintln!("error: --autoscaler {url:?} must be a ws:// or wss:// URL");
             return ExitCode::from(2);
         }
+    }
+    if let Err(why) = listeners.check() {
+        eprintln!("error: {why}");
+        return ExitCode::from(2);
+    }
+    if let Err(why) = crate::admin::check_bind(&admin, admin_token.as_deref()) {
+        eprintln!("error: {why}");
+        return ExitCode::from(1);
+    }
+    let xds = args.xds.map(|url| weir_control::xds::ClientOptions {
+        url,
+        node_id: node_id.clone(),
+        sotw_only: args.xds_sotw,
+    });
+    let opts = ProxyOptions {
+        config_path: args.config,
+        config: cfg,
+        listeners,
+        config_dir,
+        admin,
+        admin_token,
+        threads,
+        autoscaler_url: args.autoscaler,
+        pod_name,
+        xds,
+    };
+    if args.check_args {
+        // What `weir check` checks (done above, in load_file), and the start-up checks
+        // that need no socket: certificates load, names resolve.
+        if let Err(lines) = server::check_start(&opts) {
+            for l in lines {
+                eprintln!("{l}");
+            }
+            return ExitCode::from(1);
+        }
+        println!("{}", opts.describe());
+        return ExitCode::SUCCESS;
     }
     let rt = match server::control_runtime() {
         Ok(rt) => rt,
@@ -274,24 +334,7 @@ fn proxy(args: ProxyArgs) -> ExitCode {
         }
     };
     let state = server::new_state();
-    server::run_with_xds(
-        ProxyOptions {
-            config_path: args.config,
-            config: cfg,
-            http,
-            internal,
-            https,
-            config_dir,
-            admin,
-            admin_token,
-            threads,
-            autoscaler_url: args.autoscaler,
-            node_id,
-        },
-        &rt,
-        state,
-        args.xds,
-    )
+    server::run(opts, &rt, state)
 }
 
 /// The admin token from `--admin-token-file`, if given; exit 1 when it cannot be read.

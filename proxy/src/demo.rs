@@ -108,15 +108,17 @@ Ctrl-C stops everything.
         ProxyOptions {
             config_path: None,
             config,
-            http,
-            internal: None,
-            https: None,
+            listeners: server::Listeners {
+                http: vec![http],
+                ..Default::default()
+            },
             config_dir: PathBuf::from("."),
             admin,
             admin_token: None,
             threads,
             autoscaler_url: None,
-            node_id: "weir-demo".into(),
+            pod_name: "weir-demo".into(),
+            xds: None,
         },
         &rt,
         state,

@@ -13,6 +13,7 @@ pub mod autoscaler;
 pub mod cli;
 pub mod demo;
 pub mod metrics;
+pub mod proxy_protocol;
 pub mod revision;
 pub mod route;
 pub mod server;

@@ -71,6 +71,9 @@ pub struct Settings {
 #[derive(Debug)]
 pub struct EndpointSet {
     pub endpoints: Box<[Arc<Endpoint>]>,
+    /// Some declared endpoint name resolved to no address: with no endpoint at all, requests
+    /// fail at once (502) rather than wait as if the revision were scaled to zero.
+    pub unresolved: bool,
     /// Removed endpoints that still had requests in flight. Never picked; kept so that an
     /// endpoint that flaps back is the same object with its in-flight count, and
     /// `container_concurrency` holds across the flap.
@@ -85,6 +88,8 @@ pub enum HoldError {
     QueueFull,
     /// Waited the revision's timeout: 504.
     Timeout,
+    /// No endpoint because its names do not resolve: 502 at once.
+    Unresolved,
 }
 
 struct Waiter {
@@ -108,6 +113,8 @@ pub struct Revision {
     pub namespace_value: HeaderValue,
     pub name_value: HeaderValue,
     set: ArcSwap<EndpointSet>,
+    /// The endpoints as declared (names unresolved), for the DNS refresh.
+    declared: Mutex<Arc<[weir_config::Endpoint]>>,
     rr: AtomicUsize,
     /// Requests in the queue; read without the lock to keep the fast path lock-free.
     waiting: AtomicUsize,
@@ -166,6 +173,7 @@ impl Revision {
     ) -> Arc<Revision> {
         let set = EndpointSet {
             endpoints: Box::new([]),
+            unresolved: false,
             retired: Box::new([]),
             settings,
         };
@@ -176,6 +184,7 @@ impl Revision {
                 .unwrap_or(HeaderValue::from_static("")),
             name_value: HeaderValue::from_str(name).unwrap_or(HeaderValue::from_static("")),
             set: ArcSwap::from_pointee(set),
+            declared: Mutex::new(Arc::new([])),
             rr: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             queue: Mutex::new(VecDeque::new()),
@@ -196,9 +205,31 @@ impl Revision {
         self.set.load_full()
     }
 
+    /// The endpoints as last declared (names not resolved).
+    pub fn declared(&self) -> Arc<[weir_config::Endpoint]> {
+        self.declared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn set_declared(&self, endpoints: impl Into<Arc<[weir_config::Endpoint]>>) {
+        *self.declared.lock().unwrap_or_else(|p| p.into_inner()) = endpoints.into();
+    }
+
     /// Replaces the endpoint set, keeping the in-flight counts of addresses that stay, and
     /// releases held requests onto any new capacity.
     pub fn update(self: &Arc<Self>, addrs: &[SocketAddr], settings: Settings) {
+        self.update_resolved(addrs, false, settings)
+    }
+
+    /// [`Revision::update`], saying whether some declared name resolved to nothing.
+    pub fn update_resolved(
+        self: &Arc<Self>,
+        addrs: &[SocketAddr],
+        unresolved: bool,
+        settings: Settings,
+    ) {
         let old = self.set.load();
         let known = || old.endpoints.iter().chain(old.retired.iter());
         let endpoints: Box<[Arc<Endpoint>]> = addrs
@@ -216,6 +247,7 @@ impl Revision {
             .collect();
         self.set.store(Arc::new(EndpointSet {
             endpoints,
+            unresolved,
             retired,
             settings,
         }));
@@ -235,6 +267,17 @@ impl Revision {
             .iter()
             .map(|e| u64::from(e.in_flight()))
             .sum()
+    }
+
+    /// Whether a request would wait now: someone is queued, or no endpoint has a free slot
+    /// (none at all: scaled to zero).
+    pub fn would_hold(&self) -> bool {
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            return true;
+        }
+        let set = self.set.load();
+        let cc = set.settings.container_concurrency;
+        !set.endpoints.iter().any(|e| cc == 0 || e.in_flight() < cc)
     }
 
     /// Takes a slot now if one is free and nobody is queued ahead.
@@ -275,6 +318,9 @@ impl Revision {
             return Ok(slot);
         }
         let set = self.set.load_full();
+        if set.unresolved && set.endpoints.is_empty() {
+            return Err(HoldError::Unresolved);
+        }
         let (tx, rx) = oneshot::channel();
         let id = self.next_waiter.fetch_add(1, Ordering::Relaxed);
         {

@@ -34,7 +34,12 @@ const MAX_CONNECT_ATTEMPTS: usize = 3;
 
 static TAG_HEADER: HeaderName = HeaderName::from_static("knative-serving-tag");
 static XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+static XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static PROXY_HEADER: HeaderName = HeaderName::from_static("k-proxy-request");
+static PROBE_HEADER: HeaderName = HeaderName::from_static("k-network-probe");
+static HASH_HEADER: HeaderName = HeaderName::from_static("k-network-hash");
+static PROXY_WIRE: Bytes = Bytes::from_static(b"K-Proxy-Request");
+static ACTIVATOR: HeaderValue = HeaderValue::from_static("activator");
 // The names of the headers added to every proxied request, as they go on the wire. pingora
 // keeps a request's header-name case beside its map; given a `HeaderName` it copies the name
 // into a new buffer on every insert, given a static `Bytes` it stores it as is.
@@ -66,7 +71,7 @@ impl Drop for ActiveGuard {
     }
 }
 
-/// The proxy of one listener.
+/// The proxy of one kind of listener (external or internal, plain or TLS).
 pub struct WeirProxy {
     pub state: Arc<State>,
     pub listener: Listener,
@@ -75,6 +80,10 @@ pub struct WeirProxy {
     pub active: Arc<Active>,
     /// Concurrency accounting for the autoscaler; off only to measure what it costs.
     pub stats: bool,
+    /// Weir reports concurrency to Knative's autoscaler: requests go upstream with
+    /// `K-Proxy-Request: activator`, so queue-proxy's own counts of them are not added a
+    /// second time (the autoscaler subtracts "proxied" load).
+    pub reporting: bool,
 }
 
 /// Why a request ended without an upstream answer.
@@ -148,6 +157,9 @@ enum Decision {
     Respond(u16, String),
     /// 301 to this URL (`http_option: redirect`).
     Redirect(String),
+    /// A Knative ingress probe for a revision Weir is holding: answered here with this
+    /// `K-Network-Hash`, like the activator, so that probing never wakes a revision.
+    Probe(HeaderValue),
 }
 
 impl WeirProxy {
@@ -173,6 +185,20 @@ impl WeirProxy {
             }
             Err(_) => return Decision::Respond(400, "invalid Host header\n".into()),
         };
+        if let Some(ready_path) = &route.readiness {
+            return if req.uri.path().starts_with(&**ready_path) {
+                if self.state.is_ready() {
+                    Decision::Respond(200, "ready\n".into())
+                } else {
+                    Decision::Respond(503, "no config in force yet\n".into())
+                }
+            } else {
+                Decision::Respond(
+                    404,
+                    format!("no route for host \"{}\"\n", String::from_utf8_lossy(host)),
+                )
+            };
+        }
         if route.redirect_https && self.scheme.as_bytes() == b"http" {
             let mut buf = [0u8; weir_config::table::MAX_HOST_LEN];
             let name = weir_config::normalize_host(host, &mut buf).unwrap_or_default();
@@ -241,11 +267,32 @@ impl WeirProxy {
         let Some(rev) = snap.revisions.get(target.revision.0 as usize) else {
             return Decision::Respond(500, "internal routing error\n".into());
         };
+        if req.headers.get(&PROBE_HEADER).map(HeaderValue::as_bytes) == Some(b"probe")
+            && rev.would_hold()
+        {
+            // The hash the backend would echo: the probe route overwrites it.
+            let hash = [&rule.append_headers, &target.append_headers]
+                .iter()
+                .flat_map(|h| h.iter())
+                .filter(|(n, _)| *n == HASH_HEADER)
+                .map(|(_, v)| v.clone())
+                .next_back()
+                .or_else(|| req.headers.get(&HASH_HEADER).cloned());
+            return match hash.filter(|h| !h.is_empty()) {
+                Some(h) => Decision::Probe(h),
+                None => Decision::Respond(
+                    400,
+                    "a probe request must contain a non-empty \"K-Network-Hash\" header\n".into(),
+                ),
+            };
+        }
         if self.stats {
-            let proxied = req
-                .headers
-                .get(&PROXY_HEADER)
-                .is_some_and(|v| v.as_bytes() == b"activator");
+            // A client's claim to be the activator counts only from inside the cluster.
+            let proxied = self.listener == Listener::Internal
+                && req
+                    .headers
+                    .get(&PROXY_HEADER)
+                    .is_some_and(|v| v.as_bytes() == b"activator");
             rev.stats.begin(proxied);
             ctx.stats = Some(StatsGuard {
                 revision: rev.clone(),
@@ -327,6 +374,7 @@ impl WeirProxy {
             r = &mut held => r.map_err(|e| match e {
                 HoldError::QueueFull => Failure::QueueFull,
                 HoldError::Timeout => Failure::HoldTimeout,
+                HoldError::Unresolved => Failure::Connect,
             }),
             _ = gone => Err(Failure::ClientGone),
         }
@@ -390,6 +438,13 @@ impl ProxyHttp for WeirProxy {
                 session.write_response_header(Box::new(resp), true).await?;
                 Ok(true)
             }
+            Decision::Probe(hash) => {
+                let mut resp = ResponseHeader::build(200, Some(3))?;
+                resp.insert_header(HASH_HEADER.clone(), hash)?;
+                resp.insert_header(header::CONTENT_LENGTH, 0)?;
+                session.write_response_header(Box::new(resp), true).await?;
+                Ok(true)
+            }
         }
     }
 
@@ -443,11 +498,26 @@ impl ProxyHttp for WeirProxy {
         if let Some(tag) = &ctx.tag {
             req.insert_header(TAG_WIRE.clone(), tag.clone())?;
         }
-        if let Some(PingoraAddr::Inet(addr)) = session.client_addr() {
-            let xff = forwarded_for(req.headers.get(&XFF), addr.ip());
-            req.insert_header(XFF_WIRE.clone(), xff)?;
+        let snap = self.state.load();
+        let fwd = &snap.config.forwarded;
+        if fwd.use_remote_address {
+            if let Some(PingoraAddr::Inet(addr)) = session.client_addr() {
+                let xff = forwarded_for(req.headers.get(&XFF), addr.ip());
+                req.insert_header(XFF_WIRE.clone(), xff)?;
+            }
         }
-        req.insert_header(XFP_WIRE.clone(), self.scheme.clone())?;
+        // Envoy's rule: a trusted hop's X-Forwarded-Proto stands (a TLS-terminating load
+        // balancer's "https"); otherwise it is this listener's scheme.
+        if fwd.trusted_hops == 0 || !req.headers.contains_key(&XFP) {
+            req.insert_header(XFP_WIRE.clone(), self.scheme.clone())?;
+        }
+        drop(snap);
+        if self.reporting {
+            req.insert_header(PROXY_WIRE.clone(), ACTIVATOR.clone())?;
+        } else if self.listener == Listener::External {
+            // A client must not pass itself off as the activator to queue-proxy.
+            req.remove_header(&PROXY_HEADER);
+        }
         for headers in [&ctx.pre_headers, &ctx.post_headers].into_iter().flatten() {
             for (name, value) in headers.iter() {
                 req.insert_header(name.clone(), value.clone())?;

@@ -23,30 +23,117 @@ use weir_config::{Config, Format, Listener};
 use crate::admin::{self, Admin};
 use crate::metrics::Metrics;
 use crate::route::{Active, WeirProxy};
-use crate::state::State;
-use crate::tls::CertStore;
+use crate::state::{State, TlsStores};
+
+/// The listeners of `weir proxy`, by kind; each kind may bind several addresses (Kourier's
+/// gateway serves its external routes on 8080 and on the probe port 8090).
+#[derive(Debug, Clone, Default)]
+pub struct Listeners {
+    pub http: Vec<SocketAddr>,
+    pub internal: Vec<SocketAddr>,
+    pub https: Vec<SocketAddr>,
+    pub internal_https: Vec<SocketAddr>,
+}
+
+impl Listeners {
+    /// Every address with the name of its kind (as its flag is spelt).
+    pub fn all(&self) -> impl Iterator<Item = (&'static str, SocketAddr)> + '_ {
+        fn kind<'a>(
+            name: &'static str,
+            v: &'a [SocketAddr],
+        ) -> impl Iterator<Item = (&'static str, SocketAddr)> + 'a {
+            v.iter().map(move |a| (name, *a))
+        }
+        kind("http", &self.http)
+            .chain(kind("internal", &self.internal))
+            .chain(kind("https", &self.https))
+            .chain(kind("internal-https", &self.internal_https))
+    }
+
+    /// Every address once.
+    pub fn check(&self) -> Result<(), String> {
+        let mut seen: Vec<(&str, SocketAddr)> = Vec::new();
+        for (kind, addr) in self.all() {
+            if let Some((prev, _)) = seen.iter().find(|(_, a)| *a == addr) {
+                return Err(format!("{addr} is given twice (--{prev} and --{kind})"));
+            }
+            seen.push((kind, addr));
+        }
+        Ok(())
+    }
+}
 
 /// Everything `weir proxy` (or `weir demo`) needs to start.
 pub struct ProxyOptions {
     /// Re-read on SIGHUP.
     pub config_path: Option<PathBuf>,
     pub config: Config,
-    pub http: SocketAddr,
-    pub internal: Option<SocketAddr>,
-    /// TLS listener: certificates from the config's `tls` entries, chosen by SNI.
-    pub https: Option<SocketAddr>,
+    pub listeners: Listeners,
     /// What relative certificate paths are relative to (the config file's directory).
     pub config_dir: PathBuf,
     pub admin: SocketAddr,
     pub admin_token: Option<String>,
     pub threads: usize,
-    /// Autoscaler URL (flag or config) and node id; the interval comes from the config.
+    /// Autoscaler URL (flag or config); the interval comes from the config.
     pub autoscaler_url: Option<String>,
-    pub node_id: String,
+    /// This replica's name in autoscaler reports.
+    pub pod_name: String,
+    /// Routes, revisions and certificates from this ADS server (`--xds`).
+    pub xds: Option<weir_control::xds::ClientOptions>,
+}
+
+impl ProxyOptions {
+    fn autoscaler(&self) -> Option<String> {
+        self.autoscaler_url
+            .clone()
+            .or_else(|| self.config.autoscaler.as_ref().map(|a| a.url.clone()))
+    }
+
+    /// What would run, for `--check-args`: one line per item.
+    pub fn describe(&self) -> String {
+        let mut out = String::from("ok: weir proxy would start with\n");
+        for (kind, addr) in self.listeners.all() {
+            let pp = if self.config.listen.proxy_protocol.contains(&addr.port()) {
+                " (PROXY protocol)"
+            } else {
+                ""
+            };
+            out.push_str(&format!("  listener {kind} {addr}{pp}\n"));
+        }
+        out.push_str(&format!("  admin {}\n", self.admin));
+        match &self.xds {
+            Some(x) => out.push_str(&format!(
+                "  xds {} as node {:?} ({})\n",
+                x.url,
+                x.node_id,
+                if x.sotw_only {
+                    "state of the world"
+                } else {
+                    "delta, or state of the world"
+                }
+            )),
+            None => out.push_str("  xds off\n"),
+        }
+        match self.autoscaler() {
+            Some(url) => out.push_str(&format!("  autoscaler {url} as pod {:?}\n", self.pod_name)),
+            None => out.push_str("  autoscaler off\n"),
+        }
+        out.push_str(&format!(
+            "  config: {} services, {} ingresses, {} revisions, {} certificates; threads {}",
+            self.config.services.len(),
+            self.config.ingresses.len(),
+            self.config.revisions.len(),
+            self.config.tls.len(),
+            self.threads
+        ));
+        out
+    }
 }
 
 /// Read-ahead buffer of a plain-listener connection (pingora's default is 64 KiB).
 const L4_READ_BUFFER: usize = 4 * 1024;
+/// How long a new connection may take to send its PROXY protocol header.
+const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The runtime of everything that is not the data plane: admin API, signals, demo backends.
 pub fn control_runtime() -> std::io::Result<tokio::runtime::Runtime> {
@@ -57,30 +144,31 @@ pub fn control_runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-/// Starts the proxy; returns only on a failed start (pingora exits the process itself).
-pub fn run(opts: ProxyOptions, rt: &tokio::runtime::Runtime, state: Arc<State>) -> ExitCode {
-    run_with_xds(opts, rt, state, None)
+/// What `weir proxy --check-args` checks beyond `weir check`: the config applies as the
+/// start would apply it (certificates load, endpoint names resolve).
+pub fn check_start(opts: &ProxyOptions) -> Result<(), Vec<String>> {
+    let state = new_state();
+    if !(opts.listeners.https.is_empty() && opts.listeners.internal_https.is_empty()) {
+        state.enable_tls(TlsStores::default(), opts.config_dir.clone());
+    }
+    state
+        .apply(opts.config.clone(), "check")
+        .map(|_| ())
+        .map_err(|errs| errs.0.iter().map(ToString::to_string).collect())
 }
 
-/// [`run`], with routes and revisions from the ADS server at `xds` (`weir proxy --xds`):
-/// not ready until its first complete sync; the config file still gives everything else.
-pub fn run_with_xds(
-    opts: ProxyOptions,
-    rt: &tokio::runtime::Runtime,
-    state: Arc<State>,
-    xds: Option<String>,
-) -> ExitCode {
+/// Starts the proxy; returns only on a failed start (pingora exits the process itself).
+/// With `opts.xds`, routes and revisions come from the ADS server and the proxy is not ready
+/// until its first complete sync; the config file still gives everything else.
+pub fn run(opts: ProxyOptions, rt: &tokio::runtime::Runtime, state: Arc<State>) -> ExitCode {
     let drain = opts
         .config
         .drain_timeout
         .get()
         .unwrap_or(Duration::from_secs(30));
     let reporter = crate::autoscaler::ReporterConfig {
-        url: opts
-            .autoscaler_url
-            .clone()
-            .or_else(|| opts.config.autoscaler.as_ref().map(|a| a.url.clone())),
-        node_id: opts.node_id.clone(),
+        url: opts.autoscaler(),
+        node_id: opts.pod_name.clone(),
         interval: opts
             .config
             .autoscaler
@@ -88,27 +176,25 @@ pub fn run_with_xds(
             .and_then(|a| a.interval.get())
             .unwrap_or(Duration::from_secs(1)),
     };
-    let certs = opts.https.map(|_| {
-        let store = Arc::new(CertStore::default());
-        state.enable_tls(store.clone(), opts.config_dir.clone());
-        store
-    });
-    if let Err(errs) = state.apply(opts.config, "file") {
+    let reporting = reporter.url.is_some();
+    let l = &opts.listeners;
+    let stores = TlsStores::default();
+    if !(l.https.is_empty() && l.internal_https.is_empty()) {
+        state.enable_tls(stores.clone(), opts.config_dir.clone());
+    }
+    if opts.xds.is_some() {
+        // Not ready until the first config the xDS stream completes is in force.
+        state.await_xds();
+    }
+    state.set_file_config(opts.config.clone());
+    if let Err(errs) = state.apply(opts.config.clone(), "file") {
         for e in &errs.0 {
             eprintln!("{e}");
         }
         eprintln!("error: invalid config, not starting");
         return ExitCode::from(1);
     }
-    if xds.is_some() {
-        // Ready again on the first config the xDS stream completes (State::apply sets it).
-        state.set_ready(false);
-    }
 
-    if let Err(why) = admin::check_bind(&opts.admin, opts.admin_token.as_deref()) {
-        eprintln!("error: {why}");
-        return ExitCode::from(1);
-    }
     let admin_listener = match std::net::TcpListener::bind(opts.admin) {
         Ok(l) => l,
         Err(e) => {
@@ -117,10 +203,7 @@ pub fn run_with_xds(
         }
     };
     // pingora binds when it starts its services; check first so a busy port is a clean exit 1.
-    for addr in std::iter::once(opts.http)
-        .chain(opts.internal)
-        .chain(opts.https)
-    {
+    for (_, addr) in l.all() {
         if let Err(e) = std::net::TcpListener::bind(addr) {
             eprintln!("error: cannot listen on {addr}: {e}");
             return ExitCode::from(1);
@@ -149,18 +232,16 @@ pub fn run_with_xds(
         ));
         rt.spawn(drain_on_sigterm(active.clone(), drain));
         rt.spawn(crate::autoscaler::run(state.clone(), reporter));
+        rt.spawn(crate::state::refresh_dns(state.clone()));
+        let sink = opts
+            .xds
+            .as_ref()
+            .map(|_| Arc::new(crate::xds::StateSink::new(state.clone())));
         if let Some(path) = opts.config_path.clone() {
-            rt.spawn(reload_on_sighup(path, state.clone(), xds.is_some()));
+            rt.spawn(reload_on_sighup(path, state.clone(), sink.clone()));
         }
-        if let Some(url) = xds.clone() {
-            let sink = Arc::new(crate::xds::StateSink {
-                state: state.clone(),
-            });
-            rt.spawn(weir_control::xds::run_client(
-                url,
-                opts.node_id.clone(),
-                sink,
-            ));
+        if let (Some(xds), Some(sink)) = (opts.xds.clone(), sink) {
+            rt.spawn(weir_control::xds::run_client(xds, sink));
         }
     }
 
@@ -173,63 +254,80 @@ pub fn run_with_xds(
     };
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
     server.bootstrap();
-    let listeners = [
-        Some((opts.http, Listener::External, "weir-http")),
-        opts.internal
-            .map(|a| (a, Listener::Internal, "weir-internal")),
-        opts.https.map(|a| (a, Listener::External, "weir-https")),
+    let proxy_header = Arc::new(crate::proxy_protocol::Reader {
+        state: state.clone(),
+        timeout: PROXY_HEADER_TIMEOUT,
+    });
+    let kinds = [
+        ("weir-http", &l.http, Listener::External, None),
+        ("weir-internal", &l.internal, Listener::Internal, None),
+        (
+            "weir-https",
+            &l.https,
+            Listener::External,
+            Some(&stores.external),
+        ),
+        (
+            "weir-internal-https",
+            &l.internal_https,
+            Listener::Internal,
+            Some(&stores.internal),
+        ),
     ];
-    for (addr, listener, name) in listeners.into_iter().flatten() {
-        let tls = name == "weir-https";
+    for (name, addrs, listener, certs) in kinds {
+        if addrs.is_empty() {
+            continue;
+        }
         let proxy = WeirProxy {
             state: state.clone(),
             listener,
-            scheme: HeaderValue::from_static(if tls { "https" } else { "http" }),
+            scheme: HeaderValue::from_static(if certs.is_some() { "https" } else { "http" }),
             active: active.clone(),
             stats: std::env::var("WEIR_STATS").map_or(true, |v| v != "off"),
+            reporting,
         };
         let mut svc = http_proxy_service_with_name(&server.configuration, proxy, name);
-        match (&certs, tls) {
-            (Some(store), true) => {
-                let mut settings = match TlsSettings::intermediate("", "") {
-                    Ok(s) => s,
-                    Err(e) => {
-                        eprintln!("error: TLS listener: {e}");
-                        return ExitCode::from(1);
-                    }
-                };
-                settings.set_cert_resolver(store.clone());
-                // ALPN h2 and http/1.1; TLS 1.2 and 1.3 only (pingora's rustls defaults).
-                settings.enable_h2();
-                svc.add_tls_with_settings(&addr.to_string(), None, settings);
-            }
-            _ => {
-                // h2c (HTTP/2 with prior knowledge) beside HTTP/1.1 on plain listeners.
-                if let Some(app) = svc.app_logic_mut() {
-                    let mut options = HttpServerOptions::default();
-                    options.h2c = true;
-                    app.server_options = Some(options);
+        for addr in addrs.iter() {
+            match certs {
+                Some(store) => {
+                    let mut settings = match TlsSettings::intermediate("", "") {
+                        Ok(s) => s,
+                        Err(e) => {
+                            eprintln!("error: TLS listener: {e}");
+                            return ExitCode::from(1);
+                        }
+                    };
+                    settings.set_cert_resolver((*store).clone());
+                    // ALPN h2 and http/1.1; TLS 1.2 and 1.3 only (pingora's rustls defaults).
+                    settings.enable_h2();
+                    svc.add_tls_with_settings(&addr.to_string(), None, settings);
                 }
-                // pingora reads each connection through a 64 KiB buffer by default, kept for
-                // the connection's life: ~64 KiB per idle or held client. Header and body
-                // reads bring their own buffers (larger reads bypass this one), so 4 KiB of
-                // read-ahead is plenty and makes 10,000 held requests ~600 MB lighter.
-                svc.add_listener(
-                    ListenerConfig::tcp(addr.to_string())
-                        .l4_buffer(L4BufferSettings::default().read(L4_READ_BUFFER)),
-                );
+                None => {
+                    // pingora reads each connection through a 64 KiB buffer by default, kept
+                    // for the connection's life: ~64 KiB per idle or held client. Header and
+                    // body reads bring their own buffers (larger reads bypass this one), so
+                    // 4 KiB of read-ahead is plenty and makes 10,000 held requests ~600 MB
+                    // lighter.
+                    svc.add_listener(
+                        ListenerConfig::tcp(addr.to_string())
+                            .l4_buffer(L4BufferSettings::default().read(L4_READ_BUFFER)),
+                    );
+                }
             }
         }
+        if certs.is_none() {
+            // h2c (HTTP/2 with prior knowledge) beside HTTP/1.1 on plain listeners.
+            if let Some(app) = svc.app_logic_mut() {
+                let mut options = HttpServerOptions::default();
+                options.h2c = true;
+                app.server_options = Some(options);
+            }
+        }
+        svc.endpoints().set_pre_tls_callback(proxy_header.clone());
         server.add_service(svc);
     }
-    log::info!(
-        "weir proxy: http {}{}, admin {}",
-        opts.http,
-        opts.internal
-            .map(|a| format!(", internal {a}"))
-            .unwrap_or_default(),
-        opts.admin
-    );
+    let addrs: Vec<String> = l.all().map(|(k, a)| format!("{k} {a}")).collect();
+    log::info!("weir proxy: {}, admin {}", addrs.join(", "), opts.admin);
     server.run_forever()
 }
 
@@ -269,14 +367,19 @@ async fn drain_on_sigterm(active: Arc<Active>, drain: Duration) {
 }
 
 /// Re-reads the config file on every SIGHUP; a bad file is logged and changes nothing.
-/// With `keep_routes` (routes come from xDS) only the file's other settings are taken.
-pub(crate) async fn reload_on_sighup(path: PathBuf, state: Arc<State>, keep_routes: bool) {
+/// With `xds` (routes come from xDS) the file is applied under what xDS said last.
+pub(crate) async fn reload_on_sighup(
+    path: PathBuf,
+    state: Arc<State>,
+    xds: Option<Arc<crate::xds::StateSink>>,
+) {
     let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
         return;
     };
     while hup.recv().await.is_some() {
         let path = path.clone();
         let state = state.clone();
+        let xds = xds.clone();
         let res = tokio::task::spawn_blocking(move || {
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| format!("SIGHUP: cannot read {}: {e}", path.display()))?;
@@ -288,12 +391,14 @@ pub(crate) async fn reload_on_sighup(path: PathBuf, state: Arc<State>, keep_rout
                     path.display()
                 )
             })?;
-            let cfg = if keep_routes {
-                crate::xds::with_routes(&cfg, state.config_view().1)
-            } else {
-                cfg
+            let previous = state.file_config();
+            state.set_file_config(cfg.clone());
+            let applied = match &xds {
+                Some(sink) => sink.reapply("sighup"),
+                None => state.apply(cfg, "sighup"),
             };
-            state.apply(cfg, "sighup").map_err(|errs| {
+            applied.map_err(|errs| {
+                state.set_file_config((*previous).clone());
                 format!("SIGHUP: config rejected, keeping the running config:\n{errs}")
             })
         })

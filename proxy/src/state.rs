@@ -16,6 +16,14 @@ use crate::metrics::Metrics;
 use crate::revision::{Revision, Settings};
 use crate::tls::{self, CertStore};
 
+/// The certificate stores of the TLS listeners: `https` (external entries) and
+/// `internal_https` (cluster-local entries).
+#[derive(Clone, Default)]
+pub struct TlsStores {
+    pub external: Arc<CertStore>,
+    pub internal: Arc<CertStore>,
+}
+
 /// Everything a request needs, from one config generation.
 pub struct Snapshot {
     pub generation: u64,
@@ -56,11 +64,15 @@ pub struct State {
     registry: Mutex<Registry>,
     generation: AtomicU64,
     ready: AtomicBool,
+    /// Routes come from xDS and its first complete config is not in force yet.
+    awaiting_xds: AtomicBool,
+    /// The config file as last loaded: what xDS updates are applied over.
+    file: Mutex<Arc<Config>>,
     /// Serialises updates so that generations are applied in order.
     update_lock: Mutex<()>,
     changes: tokio::sync::broadcast::Sender<Change>,
-    /// The https listener's certificates and the directory their paths are relative to.
-    tls: std::sync::OnceLock<(Arc<CertStore>, PathBuf)>,
+    /// The TLS listeners' certificates and the directory their paths are relative to.
+    tls: std::sync::OnceLock<(TlsStores, PathBuf)>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -79,6 +91,8 @@ impl State {
             registry: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
             ready: AtomicBool::new(false),
+            awaiting_xds: AtomicBool::new(false),
+            file: Mutex::new(Arc::new(Config::empty())),
             update_lock: Mutex::new(()),
             changes: tokio::sync::broadcast::channel(1024).0,
             tls: std::sync::OnceLock::new(),
@@ -100,10 +114,10 @@ impl State {
         self.generation.load(Ordering::SeqCst)
     }
 
-    /// Loads the config's certificates into `store` on every apply from now on (call before
+    /// Loads the config's certificates into `stores` on every apply from now on (call before
     /// the first apply). Paths are relative to `base`.
-    pub fn enable_tls(&self, store: Arc<CertStore>, base: PathBuf) {
-        let _ = self.tls.set((store, base));
+    pub fn enable_tls(&self, stores: TlsStores, base: PathBuf) {
+        let _ = self.tls.set((stores, base));
     }
 
     /// Every applied change from now on. A receiver that lags behind gets `Lagged` and should
@@ -112,20 +126,39 @@ impl State {
         self.changes.subscribe()
     }
 
-    /// Marks the proxy not ready (e.g. until the first xDS sync) or ready.
-    pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::SeqCst);
+    /// Routes come from xDS: not ready until a config applied from `xds` is in force (a
+    /// config file or control API update before that does not make the proxy ready).
+    pub fn await_xds(&self) {
+        self.awaiting_xds.store(true, Ordering::SeqCst);
     }
 
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst)
+        self.ready.load(Ordering::SeqCst) && !self.awaiting_xds.load(Ordering::SeqCst)
     }
 
-    /// Validates, compiles and publishes `cfg`. On error nothing changes.
+    /// The config file as last loaded (at start or on SIGHUP).
+    pub fn file_config(&self) -> Arc<Config> {
+        self.file.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set_file_config(&self, cfg: Config) {
+        *self.file.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(cfg);
+    }
+
+    /// Validates, compiles and publishes `cfg`; every endpoint name must resolve. On error
+    /// nothing changes.
     pub fn apply(&self, cfg: Config, source: &str) -> Result<u64, ConfigErrors> {
+        self.apply_with(cfg, source, Dns::Required)
+    }
+
+    /// [`State::apply`] with `dns` deciding whether a name that does not resolve is an error.
+    pub fn apply_with(&self, cfg: Config, source: &str, dns: Dns) -> Result<u64, ConfigErrors> {
         let _updating = self.update_lock.lock().unwrap_or_else(|p| p.into_inner());
         let started = Instant::now();
-        let result = self.apply_locked(cfg);
+        let result = self.apply_locked(cfg, dns);
+        if result.is_ok() && source == "xds" {
+            self.awaiting_xds.store(false, Ordering::SeqCst);
+        }
         self.metrics.config_update(source, result.is_ok());
         if let Ok((g, compiled)) = result {
             log::info!(
@@ -138,11 +171,11 @@ impl State {
     }
 
     /// The new generation and the time its compile took.
-    fn apply_locked(&self, cfg: Config) -> Result<(u64, Duration), ConfigErrors> {
+    fn apply_locked(&self, cfg: Config, dns: Dns) -> Result<(u64, Duration), ConfigErrors> {
         let started = Instant::now();
         let table = compile(&cfg)?;
         let compiled = started.elapsed();
-        let resolved = resolve_all(&cfg)?;
+        let resolved = resolve_all(&cfg, dns)?;
         let certs = match self.tls.get() {
             Some((_, base)) => Some(tls::load(&cfg, base)?),
             None => None,
@@ -165,7 +198,7 @@ impl State {
         let mut next: Registry = HashMap::with_capacity(table.revisions().len());
         let mut revisions = Vec::with_capacity(table.revisions().len());
         let mut to_update = Vec::with_capacity(table.revisions().len());
-        for (spec, addrs) in table.revisions().iter().zip(resolved) {
+        for (spec, (addrs, unresolved)) in table.revisions().iter().zip(resolved) {
             let key = (spec.namespace.clone(), spec.name.clone());
             let rev = match registry.get(&key) {
                 Some(r) => r.clone(),
@@ -176,7 +209,7 @@ impl State {
                     self.metrics.clone(),
                 ),
             };
-            to_update.push((rev.clone(), addrs, spec.clone()));
+            to_update.push((rev.clone(), addrs, unresolved, spec.clone()));
             revisions.push(rev.clone());
             next.insert(key, rev);
         }
@@ -196,12 +229,14 @@ impl State {
             revisions: revisions.into_boxed_slice(),
         }));
         drop_elsewhere(old);
-        if let (Some(certs), Some((store, _))) = (certs, self.tls.get()) {
-            store.store(certs);
+        if let (Some((external, internal)), Some((stores, _))) = (certs, self.tls.get()) {
+            stores.external.store(external);
+            stores.internal.store(internal);
         }
         // Endpoints last: requests released by new capacity already see the new routes.
-        for (rev, addrs, spec) in to_update {
-            rev.update(&addrs, settings(&spec));
+        for (rev, addrs, unresolved, spec) in to_update {
+            rev.set_declared(spec.endpoints.clone());
+            rev.update_resolved(&addrs, unresolved, settings(&spec));
         }
         self.metrics.config_generation.set(generation as i64);
         self.ready.store(true, Ordering::SeqCst);
@@ -227,11 +262,15 @@ impl State {
         };
         let mut errors = Vec::new();
         let mut addrs = Vec::with_capacity(endpoints.len());
+        let mut declared = Vec::with_capacity(endpoints.len());
         for (i, e) in endpoints.iter().enumerate() {
             match weir_config::parse_endpoint(e)
                 .map_err(|why| format!("{e:?}: {why}"))
-                .and_then(|ep| resolve(&ep))
-            {
+                .and_then(|ep| {
+                    let a = resolve(&ep)?;
+                    declared.push(ep);
+                    Ok(a)
+                }) {
                 Ok(a) => addrs.push(a),
                 Err(why) => errors.push(ConfigError::new(format!("endpoints[{i}]"), why)),
             }
@@ -243,6 +282,7 @@ impl State {
         addrs.dedup();
         let set = rev.endpoint_set();
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        rev.set_declared(declared);
         rev.update(&addrs, set.settings);
         self.metrics.config_generation.set(generation as i64);
         self.metrics.config_update(source, true);
@@ -292,30 +332,102 @@ fn drop_elsewhere(old: Arc<Snapshot>) {
     }
 }
 
-/// Resolves every revision's endpoints; a name that does not resolve is an error with its path.
-fn resolve_all(cfg: &Config) -> Result<Vec<Vec<SocketAddr>>, ConfigErrors> {
+/// Whether an endpoint name that does not resolve is an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dns {
+    /// It is (config file, control API): the operator hears of the typo at once.
+    Required,
+    /// It is not (xDS: one unresolvable `LOGICAL_DNS` name must not refuse every other
+    /// cluster); the revision answers 502 until the name resolves on a later refresh.
+    BestEffort,
+}
+
+/// Resolves every revision's endpoints: per revision, the addresses and whether some
+/// declared name gave none (only with [`Dns::BestEffort`]; with [`Dns::Required`] a name that
+/// does not resolve is an error with its path).
+fn resolve_all(cfg: &Config, dns: Dns) -> Result<Vec<(Vec<SocketAddr>, bool)>, ConfigErrors> {
     let mut errors = Vec::new();
     let mut out = Vec::with_capacity(cfg.revisions.len());
     for (i, r) in cfg.revisions.iter().enumerate() {
         let mut addrs = Vec::with_capacity(r.endpoints.len());
+        let mut unresolved = false;
         for (j, e) in r.endpoints.iter().enumerate() {
-            match weir_config::parse_endpoint(e)
-                .map_err(|w| format!("{e:?}: {w}"))
-                .and_then(|ep| resolve(&ep))
-            {
+            let parsed = weir_config::parse_endpoint(e).map_err(|w| format!("{e:?}: {w}"));
+            match parsed.and_then(|ep| resolve(&ep)) {
                 Ok(a) => addrs.push(a),
+                Err(why) if dns == Dns::BestEffort => {
+                    log::warn!(
+                        "revision {}/{}: {why}; retrying every {DNS_REFRESH:?}",
+                        r.namespace,
+                        r.name
+                    );
+                    unresolved = true;
+                }
                 Err(why) => errors.push(ConfigError::new(
                     format!("revisions[{i}].endpoints[{j}]"),
                     why,
                 )),
             }
         }
-        out.push(addrs);
+        addrs.dedup();
+        out.push((addrs, unresolved));
     }
     if errors.is_empty() {
         Ok(out)
     } else {
         Err(ConfigErrors(errors))
+    }
+}
+
+/// How often endpoint names are resolved again (Envoy's default `dns_refresh_rate`).
+pub const DNS_REFRESH: Duration = Duration::from_secs(5);
+
+/// Resolves every revision's endpoint names again every [`DNS_REFRESH`] and applies what
+/// changed (a `LOGICAL_DNS` cluster, an ExternalName service whose target moved).
+pub async fn refresh_dns(state: Arc<State>) {
+    loop {
+        tokio::time::sleep(DNS_REFRESH).await;
+        let snap = state.snapshot();
+        let named: Vec<Arc<Revision>> = snap
+            .revisions
+            .iter()
+            .filter(|r| r.declared().iter().any(|e| matches!(e, Endpoint::Name(..))))
+            .cloned()
+            .collect();
+        drop(snap);
+        if named.is_empty() {
+            continue;
+        }
+        let _ = tokio::task::spawn_blocking(move || {
+            for rev in named {
+                let declared = rev.declared();
+                let mut addrs = Vec::with_capacity(declared.len());
+                let mut unresolved = false;
+                for e in declared.iter() {
+                    match resolve(e) {
+                        Ok(a) => addrs.push(a),
+                        Err(why) => {
+                            log::debug!("revision {}/{}: {why}", rev.namespace, rev.name);
+                            unresolved = true;
+                        }
+                    }
+                }
+                addrs.dedup();
+                let set = rev.endpoint_set();
+                let same = set.unresolved == unresolved
+                    && set.endpoints.len() == addrs.len()
+                    && set.endpoints.iter().zip(&addrs).all(|(e, a)| e.addr == *a);
+                if !same {
+                    log::info!(
+                        "revision {}/{}: endpoint names now resolve to {addrs:?}",
+                        rev.namespace,
+                        rev.name
+                    );
+                    rev.update_resolved(&addrs, unresolved, set.settings);
+                }
+            }
+        })
+        .await;
     }
 }
 

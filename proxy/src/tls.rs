@@ -1,11 +1,13 @@
-//! Certificates of the https listener, chosen by SNI.
+//! Certificates of the TLS listeners, chosen by SNI.
 //!
-//! The config's `tls` entries are loaded (PEM chain + key, checked to match) whenever a config
-//! is applied, and swapped in atomically with it: open connections keep the certificate they
-//! were made with, the next handshake gets the new one. A name is matched exactly, then as
-//! a wildcard (`*.example.com` covers `a.example.com`, not `a.b.example.com`). A handshake
-//! with an unknown SNI, or none, fails cleanly with a TLS alert: Weir has
-//! no default certificate, so it never presents a certificate for a host it does not serve.
+//! The config's `tls` entries (files, PEM text, or certificates from xDS Listeners) are
+//! loaded (PEM chain + key, checked to match) whenever a config is applied, and swapped in
+//! atomically with it: open connections keep the certificate they were made with, the next
+//! handshake gets the new one. External entries serve the `https` listeners, cluster-local
+//! ones the `internal_https` listeners. A name is matched exactly, then as a wildcard
+//! (`*.example.com` covers `a.example.com`, not `a.b.example.com`), then the entry marked
+//! `default` answers. Without a default, a handshake with an unknown SNI, or none, fails
+//! cleanly with a TLS alert: Weir never presents a certificate for a host it does not serve.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -15,28 +17,34 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+use weir_config::model::TlsEntry;
 use weir_config::{Config, ConfigError, ConfigErrors};
 
-/// Host -> certificate, for one config generation.
+/// Host -> certificate, for one config generation and one kind of TLS listener.
 #[derive(Default)]
 pub struct Certs {
     exact: HashMap<String, Arc<CertifiedKey>>,
     /// Keyed by the suffix after `*.`.
     wildcard: HashMap<String, Arc<CertifiedKey>>,
+    /// For no SNI or an unknown one.
+    default: Option<Arc<CertifiedKey>>,
 }
 
 impl Certs {
-    fn find(&self, name: &str) -> Option<Arc<CertifiedKey>> {
-        let name = name.trim_end_matches('.').to_ascii_lowercase();
-        if let Some(c) = self.exact.get(&name) {
-            return Some(c.clone());
-        }
-        let (_, parent) = name.split_once('.')?;
-        self.wildcard.get(parent).cloned()
+    fn find(&self, name: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let by_name = name.and_then(|name| {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            if let Some(c) = self.exact.get(&name) {
+                return Some(c.clone());
+            }
+            let (_, parent) = name.split_once('.')?;
+            self.wildcard.get(parent).cloned()
+        });
+        by_name.or_else(|| self.default.clone())
     }
 
     pub fn len(&self) -> usize {
-        self.exact.len() + self.wildcard.len()
+        self.exact.len() + self.wildcard.len() + usize::from(self.default.is_some())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -64,9 +72,7 @@ impl CertStore {
 
 impl ResolvesServerCert for CertStore {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let found = hello
-            .server_name()
-            .and_then(|n| self.current.load().find(n));
+        let found = self.current.load().find(hello.server_name());
         if found.is_none() {
             log::debug!(
                 "TLS handshake for unknown server name {:?}",
@@ -77,14 +83,25 @@ impl ResolvesServerCert for CertStore {
     }
 }
 
+/// The certificates of one config: (external, cluster-local).
+pub type Loaded = (Certs, Certs);
+
 /// Loads every `tls` entry; file paths are relative to `base`. Errors name the entry.
-pub fn load(cfg: &Config, base: &Path) -> Result<Certs, ConfigErrors> {
-    let mut certs = Certs::default();
+pub fn load(cfg: &Config, base: &Path) -> Result<Loaded, ConfigErrors> {
+    let mut loaded: Loaded = Default::default();
     let mut errors = Vec::new();
     for (i, entry) in cfg.tls.iter().enumerate() {
-        match load_pair(&base.join(&entry.cert), &base.join(&entry.key)) {
+        let certs = if entry.visibility.is_external() {
+            &mut loaded.0
+        } else {
+            &mut loaded.1
+        };
+        match load_entry(entry, base) {
             Ok(key) => {
                 let key = Arc::new(key);
+                if entry.default {
+                    certs.default = Some(key.clone());
+                }
                 for host in &entry.hosts {
                     let host = host.trim_end_matches('.').to_ascii_lowercase();
                     match host.strip_prefix("*.") {
@@ -97,45 +114,44 @@ pub fn load(cfg: &Config, base: &Path) -> Result<Certs, ConfigErrors> {
         }
     }
     if errors.is_empty() {
-        Ok(certs)
+        Ok(loaded)
     } else {
         Err(ConfigErrors(errors))
     }
 }
 
-fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, (&'static str, String)> {
-    let read = |p: &Path, field| {
-        std::fs::read(p).map_err(|e| (field, format!("cannot read {}: {e}", p.display())))
+fn load_entry(entry: &TlsEntry, base: &Path) -> Result<CertifiedKey, (String, String)> {
+    let read = |file: &Option<String>, pem: &Option<String>, field: &str| match (file, pem) {
+        (_, Some(text)) => Ok((text.clone().into_bytes(), format!("{field}_pem"))),
+        (Some(f), None) => {
+            let p = base.join(f);
+            std::fs::read(&p)
+                .map(|b| (b, field.to_string()))
+                .map_err(|e| {
+                    (
+                        field.to_string(),
+                        format!("cannot read {}: {e}", p.display()),
+                    )
+                })
+        }
+        (None, None) => Err((field.to_string(), "missing".to_string())),
     };
-    let cert_pem = read(cert, "cert")?;
-    let key_pem = read(key, "key")?;
-    let chain: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_slice())
-        .collect::<Result<_, _>>()
-        .map_err(|e| ("cert", format!("{}: bad PEM: {e}", cert.display())))?;
-    if chain.is_empty() {
-        return Err((
-            "cert",
-            format!("{}: no certificate in the PEM file", cert.display()),
-        ));
-    }
-    let der = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .map_err(|e| ("key", format!("{}: bad PEM: {e}", key.display())))?
-        .ok_or((
-            "key",
-            format!("{}: no private key in the PEM file", key.display()),
-        ))?;
-    let signing = rustls::crypto::ring::sign::any_supported_type(&der)
-        .map_err(|e| ("key", format!("{}: unsupported key: {e}", key.display())))?;
-    let certified = CertifiedKey::new(chain, signing);
-    certified.keys_match().map_err(|e| {
-        (
-            "key",
-            format!(
-                "{} does not match the certificate {}: {e}",
-                key.display(),
-                cert.display()
-            ),
-        )
-    })?;
-    Ok(certified)
+    let (cert_pem, cert_field) = read(&entry.cert, &entry.cert_pem, "cert")?;
+    let (key_pem, key_field) = read(&entry.key, &entry.key_pem, "key")?;
+    let origin = |file: &Option<String>, pem: &Option<String>, field: &str| match (file, pem) {
+        (Some(f), None) => base.join(f).display().to_string(),
+        _ => format!("{field}_pem"),
+    };
+    let what = (
+        origin(&entry.cert, &entry.cert_pem, "cert"),
+        origin(&entry.key, &entry.key_pem, "key"),
+    );
+    weir_control::certs::certified_key(&cert_pem, &key_pem, (&what.0, &what.1)).map_err(|e| {
+        let field = if e.field == "cert" {
+            cert_field
+        } else {
+            key_field
+        };
+        (field, e.message)
+    })
 }

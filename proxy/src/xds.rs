@@ -11,35 +11,84 @@ use std::sync::Arc;
 
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 use weir_config::Config;
-use weir_control::xds::{ChangeFeed, SnapshotSource, SourceChange, XdsSink};
+use weir_control::xds::{ChangeFeed, SnapshotSource, SourceChange, XdsConfig, XdsSink};
 
 use crate::admin::{self, Admin};
 use crate::server;
-use crate::state::{Change, EndpointsError, State};
+use crate::state::{Change, Dns, EndpointsError, State};
 
 // === impl StateSink ===
 
 /// Applies xDS updates to the state: routes and revisions come from xDS, everything else
-/// (listeners, hold, domain, TLS...) from the config file, as last loaded or reloaded.
+/// (listeners, hold, domain...) from the config file, as last loaded or reloaded, and
+/// certificates from the config file until xDS Listeners carry some.
 pub struct StateSink {
-    pub state: Arc<State>,
+    state: Arc<State>,
+    /// What xDS said last (endpoint updates included), to apply again over a reloaded file.
+    last: std::sync::Mutex<Option<XdsConfig>>,
 }
 
-/// `base` with its services, ingresses and revisions replaced by those of `routes`.
-pub fn with_routes(base: &Config, routes: Config) -> Config {
+impl StateSink {
+    pub fn new(state: Arc<State>) -> StateSink {
+        StateSink {
+            state,
+            last: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Applies the config file (as [`State::file_config`] now has it) with what xDS said
+    /// last: a SIGHUP in `--xds` mode. Before the first sync, the file alone.
+    pub fn reapply(&self, source: &str) -> Result<u64, weir_config::ConfigErrors> {
+        let last = self.lock().clone();
+        let base = self.state.file_config();
+        match last {
+            Some(x) => self
+                .state
+                .apply_with(with_xds(&base, x), source, Dns::BestEffort),
+            None => self.state.apply((*base).clone(), source),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<XdsConfig>> {
+        self.last.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// `base` (the config file) with what xDS says: services, ingresses and revisions from
+/// `x.routes` (and its status routes' hosts added to `readiness`); certificates, PROXY
+/// protocol ports and `X-Forwarded-*` handling from the Listeners, when any is held.
+pub fn with_xds(base: &Config, x: XdsConfig) -> Config {
     let mut cfg = base.clone();
+    let routes = x.routes;
     cfg.services = routes.services;
     cfg.ingresses = routes.ingresses;
     cfg.revisions = routes.revisions;
+    if !routes.readiness.hosts.is_empty() {
+        cfg.readiness.path = routes.readiness.path;
+    }
+    for h in routes.readiness.hosts {
+        if !cfg.readiness.hosts.contains(&h) {
+            cfg.readiness.hosts.push(h);
+        }
+    }
+    if let Some(l) = x.listeners {
+        cfg.tls = l.tls;
+        cfg.listen.proxy_protocol = l.proxy_protocol;
+        cfg.forwarded = l.forwarded;
+    }
     cfg
 }
 
 impl XdsSink for StateSink {
-    fn apply(&self, routes: Config) -> Result<u64, String> {
-        let cfg = with_routes(&self.state.snapshot().config, routes);
-        self.state
-            .apply(cfg, "xds")
-            .map_err(|errs| errs.to_string())
+    fn apply(&self, x: XdsConfig) -> Result<u64, String> {
+        let base = self.state.file_config();
+        let cfg = with_xds(&base, x.clone());
+        let g = self
+            .state
+            .apply_with(cfg, "xds", Dns::BestEffort)
+            .map_err(|errs| errs.to_string())?;
+        *self.lock() = Some(x);
+        Ok(g)
     }
 
     fn set_endpoints(
@@ -48,14 +97,23 @@ impl XdsSink for StateSink {
         name: &str,
         endpoints: &[String],
     ) -> Result<u64, String> {
-        self.state
+        let g = self
+            .state
             .set_endpoints(namespace, name, endpoints, "xds")
             .map_err(|e| match e {
                 EndpointsError::UnknownRevision => {
                     format!("revision {namespace}/{name} is not in the config")
                 }
                 EndpointsError::BadAddress(errs) => errs.to_string(),
-            })
+            })?;
+        if let Some(x) = self.lock().as_mut() {
+            for r in x.routes.revisions.iter_mut() {
+                if r.namespace == namespace && r.name == name {
+                    r.endpoints = endpoints.to_vec();
+                }
+            }
+        }
+        Ok(g)
     }
 
     fn connected(&self, up: bool) {
@@ -191,7 +249,7 @@ pub fn run_control(opts: ControlOptions) -> ExitCode {
         tokio::spawn(server::reload_on_sighup(
             opts.config_path,
             state.clone(),
-            false,
+            None,
         ));
         let source: Arc<dyn SnapshotSource> = state.clone();
         let serve = weir_control::xds::server::ServeOptions { delta: opts.delta };

@@ -1027,9 +1027,10 @@ async fn v1_stats_shows_the_last_window() {
         weir.revision_stats(NS, &rev(BUSY)).await
     );
     weir.wait_held(NS, &rev(ZERO), 2, WAIT).await;
-    // And one quick request proxied by an activator (KNATIVE.md: `K-Proxy-Request`).
+    // And one quick request proxied by an activator (`K-Proxy-Request`), which can only come
+    // from inside the cluster: the internal listener (the external one drops the header).
     let r = get(
-        &format!("{}/proxied", weir.http_url()),
+        &format!("{}/proxied", weir.internal_url()),
         &host(BUSY),
         &[("K-Proxy-Request", "activator")],
     )

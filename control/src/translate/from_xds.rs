@@ -10,19 +10,26 @@ use std::collections::{BTreeMap, HashMap};
 use weir_config::model::{Affinity, Duration, PathRule, Split, Visibility};
 use xds_api::pb::envoy::config::core::v3::HeaderValueOption;
 use xds_api::pb::envoy::config::route::v3::{
-    header_matcher, route, route_action, route_match, weighted_cluster, HeaderMatcher, Route,
-    RouteConfiguration,
+    header_matcher, redirect_action, route, route_action, route_match, weighted_cluster,
+    HeaderMatcher, RedirectAction, Route, RouteAction, RouteConfiguration,
 };
 use xds_api::pb::envoy::r#type::matcher::v3::string_matcher;
 use xds_api::pb::google::protobuf::value;
 
-use super::{split_cluster_name, TranslateError, INTERNAL_ROUTES, METADATA_KEY};
+use super::{
+    split_cluster_name, TranslateError, INTERNAL_ROUTES, INTERNAL_TLS_ROUTES, METADATA_KEY,
+};
 
 mod clusters;
 mod compose;
+mod listeners;
 
-pub use clusters::{cluster_spec, endpoints, ClusterSpec};
+pub use clusters::{cluster_spec, endpoints, ClusterSpec, EXT_AUTHZ_CLUSTER};
 pub use compose::{compose, from_resources, join_errors, Composed};
+pub use listeners::{
+    listener_settings, listener_spec, CommonTlsContext, DownstreamTlsContext, ListenerSettings,
+    ListenerSpec,
+};
 
 // === RouteConfiguration ===
 
@@ -30,9 +37,12 @@ pub use compose::{compose, from_resources, join_errors, Composed};
 #[derive(Debug, Clone, PartialEq)]
 pub struct RouteSet {
     pub name: String,
-    /// `None` for the `*_tls_services` variants, whose hosts the http routes already cover
-    /// (Weir serves one route table on every listener).
-    pub visibility: Option<Visibility>,
+    /// `cluster-local` for `internal_services` and `internal_tls_services`.
+    pub visibility: Visibility,
+    /// One of the `*_tls_services` variants (Kourier's routes of its TLS listeners). Weir
+    /// serves one route table on every listener, so their hosts count only where the plain
+    /// RouteConfiguration redirects them to https: the TLS routes are then the real ones.
+    pub tls: bool,
     pub vhosts: Vec<VhostRoutes>,
 }
 
@@ -45,10 +55,27 @@ pub struct VhostRoutes {
     /// Lowercase, without `:port` / `:*`, deduplicated.
     pub domains: Vec<String>,
     pub paths: Vec<PathRule>,
-    /// `require_tls`: plain HTTP gets a 301 to https (Weir's `http_option: redirect`).
+    /// `require_tls`, or every route an `https_redirect`: plain HTTP gets a 301 to https
+    /// (Weir's `http_option: redirect`).
     pub redirect_https: bool,
+    /// The path prefix of a status route (to Envoy's bootstrap cluster
+    /// [`STATUS_CLUSTER`]): Weir answers it itself (`readiness` in the config).
+    pub readiness: Option<String>,
     /// (cluster name, field path) of every cluster a route names.
     pub clusters: Vec<(String, String)>,
+}
+
+/// The cluster Kourier's status virtual host (`internalkourier`, `/ready`) routes to: it
+/// exists only in Envoy's bootstrap (Envoy's own readiness) and is never sent over CDS.
+pub const STATUS_CLUSTER: &str = "service_stats";
+
+/// What a route does, once translated.
+enum RouteKind {
+    Path(Box<PathRule>, Vec<(String, String)>),
+    /// `redirect {https_redirect: true}`.
+    HttpsRedirect,
+    /// A route to [`STATUS_CLUSTER`], with its prefix.
+    Status(String),
 }
 
 pub(super) fn rc_label(name: &str) -> String {
@@ -62,21 +89,18 @@ pub fn route_set(rc: &RouteConfiguration) -> Result<RouteSet, TranslateError> {
     if rc.name.is_empty() {
         return Err(err("name", "a RouteConfiguration needs a name"));
     }
-    let visibility = if rc.name.ends_with("_tls_services") {
-        None
-    } else if rc.name == INTERNAL_ROUTES {
-        Some(Visibility::ClusterLocal)
+    let tls = rc.name.ends_with("_tls_services");
+    let visibility = if rc.name == INTERNAL_ROUTES || rc.name == INTERNAL_TLS_ROUTES {
+        Visibility::ClusterLocal
     } else {
-        Some(Visibility::External)
+        Visibility::External
     };
     let mut set = RouteSet {
         name: rc.name.clone(),
         visibility,
+        tls,
         vhosts: Vec::new(),
     };
-    if visibility.is_none() {
-        return Ok(set);
-    }
     if rc.vhds.is_some() {
         return Err(err(
             "vhds",
@@ -123,6 +147,8 @@ pub fn route_set(rc: &RouteConfiguration) -> Result<RouteSet, TranslateError> {
         .map_err(|(f, m)| err(&f, &m))?;
         let mut paths = Vec::with_capacity(vh.routes.len());
         let mut clusters = Vec::new();
+        let mut redirects = 0;
+        let mut readiness = None;
         for (r, route) in vh.routes.iter().enumerate() {
             let rat = format!("{at}.routes[{r}]");
             let levels = Levels {
@@ -130,16 +156,37 @@ pub fn route_set(rc: &RouteConfiguration) -> Result<RouteSet, TranslateError> {
                 vhost: &vh_headers,
                 most_specific_wins: rc.most_specific_header_mutations_wins,
             };
-            let (path, refs) = path_rule(route, &rat, &levels).map_err(|(f, m)| err(&f, &m))?;
-            paths.push(path);
-            clusters.extend(refs);
+            match path_rule(route, &rat, &levels).map_err(|(f, m)| err(&f, &m))? {
+                RouteKind::Path(path, refs) => {
+                    paths.push(*path);
+                    clusters.extend(refs);
+                }
+                RouteKind::HttpsRedirect => redirects += 1,
+                RouteKind::Status(prefix) => readiness = Some(prefix),
+            }
+        }
+        let mixed = |what: &str| {
+            err(
+                &format!("{at}.routes"),
+                &format!(
+                    "{what} and routes to clusters in one virtual host are not supported; \
+                     put them in separate virtual hosts"
+                ),
+            )
+        };
+        if redirects > 0 && !paths.is_empty() {
+            return Err(mixed("https redirects"));
+        }
+        if readiness.is_some() && (!paths.is_empty() || redirects > 0) {
+            return Err(mixed(&format!("routes to {STATUS_CLUSTER:?}")));
         }
         set.vhosts.push(VhostRoutes {
             at,
             name: vh.name.clone(),
             domains,
             paths,
-            redirect_https: vh.require_tls != 0,
+            redirect_https: vh.require_tls != 0 || redirects > 0,
+            readiness,
             clusters,
         });
     }
@@ -178,12 +225,9 @@ pub(super) fn ferr(field: impl Into<String>, msg: impl Into<String>) -> FieldErr
     (field.into(), msg.into())
 }
 
-/// One route as a path rule, and the clusters it names.
-fn path_rule(
-    r: &Route,
-    at: &str,
-    levels: &Levels<'_>,
-) -> Result<(PathRule, Vec<(String, String)>), FieldError> {
+/// One route as a path rule and the clusters it names, or as one of the route kinds Weir
+/// answers itself (an https redirect, a status route).
+fn path_rule(r: &Route, at: &str, levels: &Levels<'_>) -> Result<RouteKind, FieldError> {
     let m = r
         .r#match
         .as_ref()
@@ -274,12 +318,7 @@ fn path_rule(
 
     let action = match &r.action {
         Some(route::Action::Route(a)) => a,
-        Some(route::Action::Redirect(_)) => {
-            return Err(ferr(
-                format!("{at}.redirect"),
-                "redirect actions are not supported",
-            ))
-        }
+        Some(route::Action::Redirect(rd)) => return https_redirect(rd, &format!("{at}.redirect")),
         Some(route::Action::DirectResponse(_)) => {
             return Err(ferr(
                 format!("{at}.direct_response"),
@@ -312,6 +351,13 @@ fn path_rule(
         }
     };
 
+    if is_status_route(action) {
+        return Ok(RouteKind::Status(if prefix.is_empty() {
+            "/".into()
+        } else {
+            prefix
+        }));
+    }
     let mut refs = Vec::new();
     let mut splits = Vec::new();
     match &action.cluster_specifier {
@@ -411,8 +457,8 @@ fn path_rule(
     };
     let append_headers = order.iter().flat_map(|l| l.iter().cloned()).collect();
     let affinity = route_affinity(r, at)?;
-    Ok((
-        PathRule {
+    Ok(RouteKind::Path(
+        Box::new(PathRule {
             path: prefix,
             headers,
             append_headers,
@@ -420,9 +466,63 @@ fn path_rule(
             splits,
             affinity,
             unknown: Default::default(),
-        },
+        }),
         refs,
     ))
+}
+
+/// A redirect action: only `https_redirect` alone (Kourier's `httpOption: Redirected`) is
+/// supported, a 301 to the same host and path on https.
+fn https_redirect(rd: &RedirectAction, at: &str) -> Result<RouteKind, FieldError> {
+    use redirect_action::{PathRewriteSpecifier, RedirectResponseCode, SchemeRewriteSpecifier};
+    let https = matches!(
+        rd.scheme_rewrite_specifier,
+        Some(SchemeRewriteSpecifier::HttpsRedirect(true))
+    ) || matches!(
+        &rd.scheme_rewrite_specifier,
+        Some(SchemeRewriteSpecifier::SchemeRedirect(s)) if s == "https"
+    );
+    if !https {
+        return Err(ferr(
+            at,
+            "only https redirects (https_redirect: true) are supported",
+        ));
+    }
+    let other = if !rd.host_redirect.is_empty() {
+        Some("host_redirect")
+    } else if rd.port_redirect != 0 {
+        Some("port_redirect")
+    } else if rd.path_rewrite_specifier.is_some() {
+        Some(match rd.path_rewrite_specifier {
+            Some(PathRewriteSpecifier::PathRedirect(_)) => "path_redirect",
+            Some(PathRewriteSpecifier::PrefixRewrite(_)) => "prefix_rewrite",
+            _ => "regex_rewrite",
+        })
+    } else if rd.strip_query {
+        Some("strip_query")
+    } else if rd.response_code != RedirectResponseCode::MovedPermanently as i32 {
+        Some("response_code")
+    } else {
+        None
+    };
+    match other {
+        Some(field) => Err(ferr(
+            format!("{at}.{field}"),
+            "not supported: an https redirect keeps the host, port, path and query, with 301",
+        )),
+        None => Ok(RouteKind::HttpsRedirect),
+    }
+}
+
+/// Whether a route's only cluster is [`STATUS_CLUSTER`].
+fn is_status_route(action: &RouteAction) -> bool {
+    match &action.cluster_specifier {
+        Some(route_action::ClusterSpecifier::Cluster(c)) => c == STATUS_CLUSTER,
+        Some(route_action::ClusterSpecifier::WeightedClusters(wc)) => {
+            wc.clusters.len() == 1 && wc.clusters[0].name == STATUS_CLUSTER
+        }
+        _ => false,
+    }
 }
 
 /// Revision affinity from the route's `weir` filter metadata (`affinity: {header | cookie,

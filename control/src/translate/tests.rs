@@ -342,7 +342,7 @@ fn unsupported_matches_and_actions() {
         Some(route::Action::Redirect(RedirectAction::default()));
     let e = reject(&res);
     assert!(
-        e.contains("(\"default/hello/current\").routes[0].redirect: redirect actions"),
+        e.contains("(\"default/hello/current\").routes[0].redirect: only https redirects"),
         "{e}"
     );
 
@@ -371,11 +371,29 @@ fn unknown_cluster_is_named() {
 
 #[test]
 fn bad_cluster_metadata_and_names() {
+    // A cluster that is not a revision is ignored; the routes then miss the revision.
     let mut res = good();
     res.clusters[0].name = "hello".into();
-    assert_eq!(
-        reject(&res),
-        "Cluster \"hello\": name: \"hello\" is not namespace/revision"
+    assert!(
+        reject(&res).contains("cluster \"default/hello-00001\" is not among the Clusters"),
+        "{}",
+        reject(&res)
+    );
+    let mut res = good();
+    res.clusters.push(Cluster {
+        name: "otel-collector".into(),
+        ..Default::default()
+    });
+    assert!(from_resources(&res.routes, &res.clusters, &res.endpoints).is_ok());
+    // Kourier's ext-authz cluster: refused, never served without the check.
+    res.clusters.push(Cluster {
+        name: "extAuthz".into(),
+        ..Default::default()
+    });
+    assert!(
+        reject(&res).starts_with("Cluster \"extAuthz\": name: external authorization"),
+        "{}",
+        reject(&res)
     );
     let mut res = good();
     let md = res.clusters[0].metadata.as_mut().unwrap();

@@ -2,7 +2,7 @@
 //! updates out. No sockets, no clock: [`super::task`] does the I/O, tests feed responses.
 //!
 //! Semantics (state of the world, wildcard subscriptions):
-//! - A Cluster response carries the whole set (missing clusters are removed); Route and
+//! - A Cluster or Listener response carries the whole set (missing ones are removed); Route and
 //!   ClusterLoadAssignment responses may carry only what changed (the xDS rule for those
 //!   types), so they are merged by name; a CLA whose cluster is gone is simply not used.
 //! - A rejected response is NACKed with version_info of the last good response of that
@@ -34,7 +34,7 @@ struct Last {
 pub struct AdsClient {
     store: Store,
     /// version_info of the last ACKed response, by `Kind as usize`.
-    versions: [String; 3],
+    versions: [String; 4],
     last: Option<Last>,
 }
 
@@ -77,10 +77,11 @@ impl AdsClient {
             let msg = not_subscribed(&resp.type_url);
             return self.nack_output(&resp.type_url, String::new(), &resp.nonce, msg);
         };
-        // A Cluster response is the whole set (the xDS rule for CDS); Route and
-        // ClusterLoadAssignment responses may carry only what changed, merged by name.
+        // Cluster and Listener responses are the whole set (the xDS rule for CDS and LDS);
+        // Route and ClusterLoadAssignment responses may carry only what changed, merged by
+        // name.
         let removed = match kind {
-            Kind::Cluster => Removed::AllOthers,
+            Kind::Cluster | Kind::Listener => Removed::AllOthers,
             Kind::Routes | Kind::Endpoints => Removed::Names(&[]),
         };
         let judged = decode(kind, &resp.resources).and_then(|d| self.store.judge(d, removed));

@@ -40,7 +40,7 @@ struct Last {
 pub struct DeltaClient {
     store: Store,
     /// Resource name -> version of what was accepted, by `Kind as usize`.
-    versions: [BTreeMap<String, String>; 3],
+    versions: [BTreeMap<String, String>; 4],
     last: Option<Last>,
 }
 

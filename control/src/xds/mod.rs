@@ -12,24 +12,28 @@ pub mod task;
 pub use client::{AdsClient, Output, Update};
 pub use delta_client::{DeltaClient, DeltaOutput};
 pub use server::{ChangeFeed, SnapshotSource, SourceChange};
-pub use task::{run_client, XdsSink};
+pub use state::XdsConfig;
+pub use task::{run_client, ClientOptions, XdsSink};
 
 /// The resource types of a Weir ADS stream, in the order a server pushes them: clusters
-/// (and their endpoints) before the routes that name them, Envoy's make-before-break order.
+/// (and their endpoints) before the listeners and routes that use them, Envoy's
+/// make-before-break order (go-control-plane's ADS order too).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
     Cluster,
     Endpoints,
+    Listener,
     Routes,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::Cluster, Kind::Endpoints, Kind::Routes];
+    pub const ALL: [Kind; 4] = [Kind::Cluster, Kind::Endpoints, Kind::Listener, Kind::Routes];
 
     pub fn type_url(self) -> &'static str {
         match self {
             Kind::Cluster => "type.googleapis.com/envoy.config.cluster.v3.Cluster",
             Kind::Endpoints => "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
+            Kind::Listener => "type.googleapis.com/envoy.config.listener.v3.Listener",
             Kind::Routes => "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
         }
     }
@@ -43,6 +47,7 @@ impl Kind {
         match self {
             Kind::Cluster => "Cluster",
             Kind::Endpoints => "ClusterLoadAssignment",
+            Kind::Listener => "Listener",
             Kind::Routes => "RouteConfiguration",
         }
     }
@@ -56,7 +61,8 @@ mod tests {
     use super::Kind;
     use prost::Name;
     use xds_api::pb::envoy::config::{
-        cluster::v3::Cluster, endpoint::v3::ClusterLoadAssignment, route::v3::RouteConfiguration,
+        cluster::v3::Cluster, endpoint::v3::ClusterLoadAssignment, listener::v3::Listener,
+        route::v3::RouteConfiguration,
     };
 
     #[test]
@@ -67,5 +73,6 @@ mod tests {
             ClusterLoadAssignment::type_url()
         );
         assert_eq!(Kind::Routes.type_url(), RouteConfiguration::type_url());
+        assert_eq!(Kind::Listener.type_url(), Listener::type_url());
     }
 }

@@ -108,14 +108,14 @@ struct Diff {
 /// Everything the streams serve, indexed by `Kind as usize`.
 #[derive(Debug, Clone, Default)]
 struct Snapshot {
-    types: [TypeSet; 3],
+    types: [TypeSet; 4],
     /// Unique per snapshot (0: the empty one before the first).
     id: u64,
     /// The snapshot this one was built from, and per type what changed since it: a delta
     /// stream that pushed exactly `base` looks only at those names instead of comparing all
     /// 20,000 resources of a 10,000-service config (an endpoint change is then one lookup).
     base: u64,
-    diffs: [Arc<Diff>; 3],
+    diffs: [Arc<Diff>; 4],
 }
 
 fn next_snapshot_id() -> u64 {
@@ -173,6 +173,8 @@ fn build(generation: u64, cfg: &Config, prev: &Snapshot) -> Snapshot {
             |e| &e.cluster_name,
             &prev.types[Kind::Endpoints as usize],
         ),
+        // weir control serves no Listeners: proxies keep their own listener settings.
+        (BTreeMap::new(), Diff::default()),
         reuse(&res.routes, |r| &r.name, &prev.types[Kind::Routes as usize]),
     ];
     for (i, (items, diff)) in fresh.into_iter().enumerate() {
@@ -430,7 +432,7 @@ impl AdsServer {
 struct Conn<S, R> {
     id: u64,
     node: String,
-    subs: [Option<S>; 3],
+    subs: [Option<S>; 4],
     nonce: u64,
     /// Id of the snapshot last pushed whole by `push_all` (0: none yet).
     pushed: u64,
@@ -508,11 +510,19 @@ fn identify(
             log::info!("ADS stream {id}{protocol} from node {node:?}");
         }
     }
-    let kind = Kind::from_type_url(type_url);
-    if kind.is_none() {
-        log::warn!("ADS stream {id} (node {node:?}): type {type_url:?} is not served");
+    match Kind::from_type_url(type_url) {
+        // weir control has no listeners to give: proxies keep their own listener settings,
+        // as with a go-control-plane server whose snapshot has none (no answer at all).
+        Some(Kind::Listener) => {
+            log::debug!("ADS stream {id} (node {node:?}): no Listeners are served");
+            None
+        }
+        Some(kind) => Some(kind),
+        None => {
+            log::warn!("ADS stream {id} (node {node:?}): type {type_url:?} is not served");
+            None
+        }
     }
-    kind
 }
 
 /// One subscription of a stream to one type.

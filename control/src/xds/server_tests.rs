@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::xds::{ClientOptions, XdsConfig};
 use serde_json::json;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -110,11 +111,11 @@ struct Recorder {
 }
 
 impl XdsSink for Recorder {
-    fn apply(&self, cfg: Config) -> Result<u64, String> {
+    fn apply(&self, cfg: XdsConfig) -> Result<u64, String> {
         self.events
             .lock()
             .unwrap()
-            .push(Event::Config(Box::new(cfg)));
+            .push(Event::Config(Box::new(cfg.routes)));
         Ok(0)
     }
     fn set_endpoints(&self, ns: &str, name: &str, eps: &[String]) -> Result<u64, String> {
@@ -166,7 +167,12 @@ async fn follows(opts: ServeOptions) {
     let source = FakeSource::new(config(2));
     let url = start_with(source.clone(), opts).await;
     let sink = Arc::new(Recorder::default());
-    let task = tokio::spawn(run_client(url, "t".into(), sink.clone()));
+    let opts = ClientOptions {
+        url,
+        node_id: "t".into(),
+        sotw_only: false,
+    };
+    let task = tokio::spawn(run_client(opts, sink.clone()));
 
     let ev = sink.wait_for("first sync", |e| configs(e).len() == 1).await;
     assert_eq!(ev[0], Event::Connected(true));
@@ -489,7 +495,7 @@ async fn a_redialled_delta_stream_gets_only_what_it_lacks() {
     let (tx, mut inbound) = delta_stream(&url, DeltaClient::new("raw").initial_requests())
         .await
         .unwrap();
-    let mut held: [HashMap<String, String>; 3] = Default::default();
+    let mut held: [HashMap<String, String>; 4] = Default::default();
     for _ in 0..3 {
         let (kind, _, _, r) = next_acked(&tx, &mut inbound).await;
         for res in r.resources {

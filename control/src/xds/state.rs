@@ -19,22 +19,35 @@ use weir_config::Config;
 use xds_api::pb::envoy::config::cluster::v3::Cluster;
 use xds_api::pb::envoy::config::core::v3::{node, Node};
 use xds_api::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use xds_api::pb::envoy::config::listener::v3::Listener;
 use xds_api::pb::envoy::config::route::v3::RouteConfiguration;
 use xds_api::pb::google::protobuf::Any;
 use xds_api::pb::google::rpc::Status;
 
 use super::{Kind, INVALID_ARGUMENT};
-use crate::translate::from_xds::{self, compose, join_errors, ClusterSpec, RouteSet};
+use crate::translate::from_xds::{
+    self, compose, join_errors, listener_settings, ClusterSpec, ListenerSettings, ListenerSpec,
+    RouteSet,
+};
 use crate::translate::TranslateError;
 
 /// Longest NACK message sent (the first errors are the useful ones).
 const MAX_DETAIL: usize = 4096;
 
+/// What xDS gives the proxy as a whole: routes and revisions, and what the Listeners say.
+#[derive(Debug, Clone, PartialEq)]
+pub struct XdsConfig {
+    /// Ingresses, revisions and the readiness hosts of status routes.
+    pub routes: Config,
+    /// `None` while no Listener is held: the proxy keeps its own listener settings.
+    pub listeners: Option<ListenerSettings>,
+}
+
 /// What a response changes in the proxy.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Update {
-    /// A whole new config (ingresses and revisions); boxed, it is large.
-    Config(Box<Config>),
+    /// A whole new config; boxed, it is large.
+    Config(Box<XdsConfig>),
     /// Only these revisions' endpoints: (namespace, name, endpoints).
     Endpoints(Vec<(String, String, Vec<String>)>),
 }
@@ -53,6 +66,7 @@ pub(super) enum Decoded {
     Routes(Vec<(String, RouteSet)>),
     Clusters(Vec<(String, ClusterSpec)>),
     Endpoints(Vec<(String, Vec<String>)>),
+    Listeners(Vec<(String, ListenerSpec)>),
 }
 
 impl Decoded {
@@ -65,6 +79,7 @@ impl Decoded {
             Decoded::Routes(v) => names(v),
             Decoded::Clusters(v) => names(v),
             Decoded::Endpoints(v) => names(v),
+            Decoded::Listeners(v) => names(v),
         }
     }
 }
@@ -98,6 +113,7 @@ impl<T> Default for TypeState<T> {
 #[derive(Debug)]
 struct Applied {
     config: Config,
+    listeners: Option<ListenerSettings>,
     /// CLA name -> indexes into `config.revisions` of the EDS clusters that use it.
     eds: HashMap<String, Vec<usize>>,
 }
@@ -119,6 +135,7 @@ pub(super) struct Store {
     routes: TypeState<RouteSet>,
     clusters: TypeState<ClusterSpec>,
     endpoints: TypeState<Vec<String>>,
+    listeners: TypeState<ListenerSpec>,
     applied: Option<Applied>,
     undo: Option<Undo>,
 }
@@ -140,6 +157,7 @@ impl Store {
             routes: TypeState::default(),
             clusters: TypeState::default(),
             endpoints: TypeState::default(),
+            listeners: TypeState::default(),
             applied: None,
             undo: None,
         }
@@ -159,6 +177,7 @@ impl Store {
             Kind::Routes => keys(&self.routes.items),
             Kind::Cluster => keys(&self.clusters.items),
             Kind::Endpoints => keys(&self.endpoints.items),
+            Kind::Listener => keys(&self.listeners.items),
         }
     }
 
@@ -170,6 +189,7 @@ impl Store {
             Decoded::Routes(sets) => self.on_routes(sets, removed),
             Decoded::Clusters(specs) => self.on_clusters(specs, removed),
             Decoded::Endpoints(clas) => self.on_endpoints(clas, removed),
+            Decoded::Listeners(specs) => self.on_listeners(specs, removed),
         }
     }
 
@@ -275,6 +295,39 @@ impl Store {
         Ok(Some(Update::Endpoints(changed)))
     }
 
+    /// Listeners change certificates and listener settings only: the routes stay.
+    fn on_listeners(&mut self, specs: Vec<(String, ListenerSpec)>, removed: Removed<'_>) -> Judged {
+        let undo = merge(&mut self.listeners.items, specs, removed);
+        let was_received = std::mem::replace(&mut self.listeners.received, true);
+        let settings = match listener_settings(&self.listeners.items) {
+            Ok(s) => s,
+            Err(e) => {
+                unmerge(&mut self.listeners.items, undo);
+                self.listeners.received = was_received;
+                return Err(e.to_string());
+            }
+        };
+        let Some(applied) = &mut self.applied else {
+            // Taken with the first complete config.
+            return Ok(None);
+        };
+        if applied.listeners == settings {
+            return Ok(None);
+        }
+        let prev = std::mem::replace(&mut applied.listeners, settings.clone());
+        let config = applied.config.clone();
+        let before = Applied {
+            config: config.clone(),
+            listeners: prev,
+            eds: applied.eds.clone(),
+        };
+        self.undo = Some(Undo::Config(Some(Box::new(before))));
+        Ok(Some(Update::Config(Box::new(XdsConfig {
+            routes: config,
+            listeners: settings,
+        }))))
+    }
+
     /// Whether a cluster that some route names is among those `undo` says were touched and
     /// differs from what it was.
     fn routed_cluster_changed(&self, undo: &[(String, Option<ClusterSpec>)]) -> bool {
@@ -326,10 +379,11 @@ impl Store {
             }
         };
         composed.check().map_err(|errs| detail(&errs))?;
+        let listeners = listener_settings(&self.listeners.items).map_err(|e| e.to_string())?;
         if self
             .applied
             .as_ref()
-            .is_some_and(|a| a.config == composed.config)
+            .is_some_and(|a| a.config == composed.config && a.listeners == listeners)
         {
             return Ok(None);
         }
@@ -346,10 +400,14 @@ impl Store {
         }
         let prev = self.applied.replace(Applied {
             config: composed.config.clone(),
+            listeners: listeners.clone(),
             eds,
         });
         self.undo = Some(Undo::Config(prev.map(Box::new)));
-        Ok(Some(Update::Config(Box::new(composed.config))))
+        Ok(Some(Update::Config(Box::new(XdsConfig {
+            routes: composed.config,
+            listeners,
+        }))))
     }
 }
 
@@ -377,7 +435,7 @@ fn detail(errs: &[TranslateError]) -> String {
 /// The message of a response whose type Weir does not read.
 pub(super) fn not_subscribed(type_url: &str) -> String {
     format!(
-        "type {type_url:?} is not subscribed (Weir reads Cluster, ClusterLoadAssignment and RouteConfiguration)"
+        "type {type_url:?} is not subscribed (Weir reads Cluster, ClusterLoadAssignment, Listener and RouteConfiguration)"
     )
 }
 
@@ -390,23 +448,27 @@ pub(super) fn decode<'a>(
         Kind::Routes => Decoded::Routes(decode_all::<RouteConfiguration, _>(
             kind,
             resources,
-            |rc| Ok((rc.name.clone(), from_xds::route_set(rc)?)),
+            |rc| Ok(Some((rc.name.clone(), from_xds::route_set(rc)?))),
         )?),
+        // Clusters that are not revisions are dropped here: no route can name them.
         Kind::Cluster => Decoded::Clusters(decode_all::<Cluster, _>(kind, resources, |c| {
-            Ok((c.name.clone(), from_xds::cluster_spec(c)?))
+            Ok(from_xds::cluster_spec(c)?.map(|s| (c.name.clone(), s)))
         })?),
         Kind::Endpoints => Decoded::Endpoints(decode_all::<ClusterLoadAssignment, _>(
             kind,
             resources,
-            |cla| Ok((cla.cluster_name.clone(), from_xds::endpoints(cla)?)),
+            |cla| Ok(Some((cla.cluster_name.clone(), from_xds::endpoints(cla)?))),
         )?),
+        Kind::Listener => Decoded::Listeners(decode_all::<Listener, _>(kind, resources, |l| {
+            Ok(Some((l.name.clone(), from_xds::listener_spec(l)?)))
+        })?),
     })
 }
 
 fn decode_all<'a, M: Message + Default, T>(
     kind: Kind,
     resources: impl IntoIterator<Item = &'a Any>,
-    translate: impl Fn(&M) -> Result<(String, T), TranslateError>,
+    translate: impl Fn(&M) -> Result<Option<(String, T)>, TranslateError>,
 ) -> Result<Vec<(String, T)>, String> {
     let mut out: Vec<(String, T)> = Vec::new();
     let mut seen = HashSet::new();
@@ -424,7 +486,9 @@ fn decode_all<'a, M: Message + Default, T>(
                 kind.label()
             )
         })?;
-        let (name, t) = translate(&msg).map_err(|e| e.to_string())?;
+        let Some((name, t)) = translate(&msg).map_err(|e| e.to_string())? else {
+            continue;
+        };
         if !seen.insert(name.clone()) {
             return Err(format!(
                 "{} {name:?}: listed twice in one response",

@@ -3,7 +3,8 @@
 //!
 //! Each connection first opens a delta stream ([`DeltaClient`]); a server that answers
 //! UNIMPLEMENTED (when the stream opens or as its first message) gets a state-of-the-world
-//! stream ([`AdsClient`]) on the same connection instead. Both clients hold the same state,
+//! stream ([`AdsClient`]) on the same connection instead ([`ClientOptions::sotw_only`]:
+//! state of the world only). Both clients hold the same state,
 //! so switching keeps the config and what was received. Each re-dial tries delta again.
 //!
 //! A lost stream is re-dialled with capped exponential backoff and jitter; the proxy keeps
@@ -17,7 +18,6 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Streaming};
-use weir_config::Config;
 use xds_api::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use xds_api::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
@@ -25,13 +25,14 @@ use xds_api::pb::envoy::service::discovery::v3::{
 
 use super::client::{AdsClient, Update};
 use super::delta_client::DeltaClient;
-use super::state::Output;
+use super::state::{Output, XdsConfig};
 use super::Kind;
 
 /// Where updates go. The proxy implements it for its state; this crate does not know it.
 pub trait XdsSink: Send + Sync {
-    /// Applies a whole config from xDS (ingresses and revisions); the new generation.
-    fn apply(&self, cfg: Config) -> Result<u64, String>;
+    /// Applies a whole config from xDS (ingresses, revisions and what the Listeners say);
+    /// the new generation.
+    fn apply(&self, cfg: XdsConfig) -> Result<u64, String>;
     /// Replaces one revision's endpoints.
     fn set_endpoints(
         &self,
@@ -54,13 +55,33 @@ const MAX_MESSAGE: usize = 256 * 1024 * 1024;
 /// HTTP/2 receive window of the stream and connection.
 const WINDOW: u32 = 16 * 1024 * 1024;
 
+/// How the proxy speaks to its ADS server.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// e.g. `http://127.0.0.1:18000`.
+    pub url: String,
+    pub node_id: String,
+    /// State of the world only, never delta (`weir proxy --xds-sotw`): for servers that
+    /// serve delta but only act on state-of-the-world NACKs (Kourier).
+    pub sotw_only: bool,
+}
+
 /// Runs the ADS client forever: dial, stream, re-dial.
-pub async fn run_client(url: String, node_id: String, sink: Arc<dyn XdsSink>) {
-    let mut client = Client::Delta(DeltaClient::new(node_id));
+pub async fn run_client(opts: ClientOptions, sink: Arc<dyn XdsSink>) {
+    let ClientOptions {
+        url,
+        node_id,
+        sotw_only,
+    } = opts;
+    let mut client = if sotw_only {
+        Client::Sotw(AdsClient::new(node_id))
+    } else {
+        Client::Delta(DeltaClient::new(node_id))
+    };
     let mut backoff = BACKOFF_MIN;
     let mut fallbacks = 0u64;
     loop {
-        let (back, ended) = session(&url, client, &sink, &mut fallbacks).await;
+        let (back, ended) = session(&url, client, &sink, &mut fallbacks, sotw_only).await;
         client = back;
         match ended {
             Ok(got_response) => {
@@ -116,11 +137,20 @@ async fn session(
     client: Client,
     sink: &Arc<dyn XdsSink>,
     fallbacks: &mut u64,
+    sotw_only: bool,
 ) -> (Client, Ended) {
     let channel = match connect(url).await {
         Ok(c) => c,
         Err(e) => return (client, Err(e)),
     };
+    if sotw_only {
+        let mut sotw = match client {
+            Client::Sotw(s) => s,
+            Client::Delta(d) => AdsClient::from(d),
+        };
+        let ended = stream_sotw(url, channel, &mut sotw, sink).await;
+        return (Client::Sotw(sotw), ended);
+    }
     let mut delta = match client {
         Client::Delta(d) => d,
         Client::Sotw(s) => DeltaClient::from(s),

@@ -60,12 +60,24 @@ pub(super) fn cluster_label(name: &str) -> String {
     format!("Cluster {name:?}")
 }
 
-/// Translates one Cluster.
-pub fn cluster_spec(c: &Cluster) -> Result<ClusterSpec, TranslateError> {
+/// Kourier's cluster of the external authorization service (`extauthz-host` in
+/// `config-kourier`).
+pub const EXT_AUTHZ_CLUSTER: &str = "extAuthz";
+
+/// Translates one Cluster: `None` for a cluster that is not a revision (not named
+/// `namespace/revision`, e.g. Kourier's `otel-collector`), which no route can name and
+/// which is therefore ignored. Kourier's ext-authz cluster is refused: Weir does not
+/// enforce external authorization, and serving without it would open what it guards.
+pub fn cluster_spec(c: &Cluster) -> Result<Option<ClusterSpec>, TranslateError> {
     let res = cluster_label(&c.name);
     let err = |field: &str, msg: String| TranslateError::new(&res, field, msg);
-    let (ns, name) = split_cluster_name(&c.name)
-        .ok_or_else(|| err("name", format!("{:?} is not namespace/revision", c.name)))?;
+    if c.name == EXT_AUTHZ_CLUSTER {
+        return Err(err("name", EXT_AUTHZ_REFUSED.into()));
+    }
+    let Some((ns, name)) = split_cluster_name(&c.name) else {
+        log::debug!("xDS: {res} is not a revision (not namespace/revision); ignored");
+        return Ok(None);
+    };
     if c.transport_socket.is_some() {
         return Err(err(
             "transport_socket",
@@ -188,8 +200,13 @@ pub fn cluster_spec(c: &Cluster) -> Result<ClusterSpec, TranslateError> {
         }
         None
     };
-    Ok(ClusterSpec { revision, eds_name })
+    Ok(Some(ClusterSpec { revision, eds_name }))
 }
+
+/// Why an ext-authz setup is NACKed.
+pub const EXT_AUTHZ_REFUSED: &str = "external authorization (ext_authz) is configured, \
+     but Weir does not enforce it; refusing the config rather than serving requests \
+     unchecked (turn ext-authz off for Weir gateways)";
 
 /// Translates one ClusterLoadAssignment into `IP:port` / `host:port` endpoints.
 pub fn endpoints(cla: &ClusterLoadAssignment) -> Result<Vec<String>, TranslateError> {

@@ -2,14 +2,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use weir_config::model::{HttpOption, Ingress, PathRule, Rule};
+use weir_config::model::{HttpOption, Ingress, PathRule, Rule, Visibility};
 use weir_config::Config;
 use xds_api::pb::envoy::config::cluster::v3::Cluster;
 use xds_api::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use xds_api::pb::envoy::config::route::v3::RouteConfiguration;
 
 use super::clusters::{cluster_label, cluster_spec, endpoints, ClusterSpec};
-use super::{rc_label, route_set, RouteSet};
+use super::{rc_label, route_set, RouteSet, VhostRoutes};
 use crate::translate::{TranslateError, EXTERNAL_ROUTES, INTERNAL_ROUTES, METADATA_KEY};
 
 /// A composed config and, for each ingress and revision, the resource it came from.
@@ -25,6 +25,11 @@ pub struct Composed {
 /// Joins accepted resource sets into one config. Routes that name a cluster missing from
 /// `clusters` are returned as errors (one per reference). Clusters that no route names take
 /// no traffic and are left out, so adding one ahead of its routes changes nothing.
+///
+/// A virtual host of a plain RouteConfiguration that redirects to https takes its routes
+/// from the virtual host with the same domain in the `*_tls_services` RouteConfiguration of
+/// the same visibility (Kourier's `httpOption: Redirected`); status virtual hosts become
+/// `readiness` hosts.
 pub fn compose(
     routes: &BTreeMap<String, RouteSet>,
     clusters: &BTreeMap<String, ClusterSpec>,
@@ -37,9 +42,18 @@ pub fn compose(
         clusters: Vec::new(),
     };
     let mut referenced: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    // The TLS routes of each visibility, by domain.
+    let mut tls_routes: HashMap<(Visibility, &str), (&RouteSet, &VhostRoutes)> = HashMap::new();
+    for set in routes.values().filter(|s| s.tls) {
+        for vh in &set.vhosts {
+            for d in &vh.domains {
+                tls_routes.entry((set.visibility, d)).or_insert((set, vh));
+            }
+        }
+    }
     // external_services first: a host it shares with internal_services is external (Kourier
     // lists external hosts in both, its internal gateway serves them too, as Weir's does).
-    let mut order: Vec<&RouteSet> = routes.values().collect();
+    let mut order: Vec<&RouteSet> = routes.values().filter(|s| !s.tls).collect();
     order.sort_by_key(|s| {
         (
             s.name != EXTERNAL_ROUTES,
@@ -50,10 +64,6 @@ pub fn compose(
     let mut claimed: HashMap<&str, &str> = HashMap::new();
     let mut missing = Vec::new();
     for set in order {
-        let Some(visibility) = set.visibility else {
-            continue;
-        };
-        let res = rc_label(&set.name);
         for vh in &set.vhosts {
             let hosts: Vec<String> = vh
                 .domains
@@ -70,7 +80,25 @@ pub fn compose(
             if hosts.is_empty() {
                 continue;
             }
-            for (c, field) in &vh.clusters {
+            if let Some(path) = &vh.readiness {
+                cfg.readiness.path = path.clone();
+                cfg.readiness.hosts.extend(hosts);
+                continue;
+            }
+            // The routes served: the vhost's own, or for a redirecting vhost without routes
+            // those of its TLS counterpart (none: https has no route for these hosts).
+            let (res, served) = if vh.redirect_https && vh.paths.is_empty() {
+                match hosts
+                    .iter()
+                    .find_map(|h| tls_routes.get(&(set.visibility, h.as_str())))
+                {
+                    Some((tls_set, tls_vh)) => (rc_label(&tls_set.name), *tls_vh),
+                    None => (rc_label(&set.name), vh),
+                }
+            } else {
+                (rc_label(&set.name), vh)
+            };
+            for (c, field) in &served.clusters {
                 referenced.insert(c);
                 if !clusters.contains_key(c) {
                     missing.push(TranslateError::new(
@@ -80,24 +108,24 @@ pub fn compose(
                     ));
                 }
             }
-            let (namespace, name) = ingress_name(&vh.name, vh.paths.first());
+            let (namespace, name) = ingress_name(&vh.name, served.paths.first());
             cfg.ingresses.push(Ingress {
                 name,
                 namespace,
                 rules: vec![Rule {
                     hosts,
-                    visibility,
+                    visibility: set.visibility,
                     http_option: if vh.redirect_https {
                         HttpOption::Redirect
                     } else {
                         HttpOption::Enabled
                     },
-                    paths: vh.paths.clone(),
+                    paths: served.paths.clone(),
                     unknown: Default::default(),
                 }],
                 unknown: Default::default(),
             });
-            prov.ingresses.push((res.clone(), vh.at.clone()));
+            prov.ingresses.push((res.clone(), served.at.clone()));
         }
     }
     if !missing.is_empty() {
@@ -246,7 +274,10 @@ pub fn from_resources(
     }
     let mut specs = BTreeMap::new();
     for c in clusters {
-        if specs.insert(c.name.clone(), cluster_spec(c)?).is_some() {
+        let Some(spec) = cluster_spec(c)? else {
+            continue;
+        };
+        if specs.insert(c.name.clone(), spec).is_some() {
             return Err(TranslateError::new(
                 cluster_label(&c.name),
                 "name",
