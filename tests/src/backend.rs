@@ -4,7 +4,13 @@
 //! arrived (`revision`, `method`, `path`, `query`, `version`, `headers`: lowercase name →
 //! value, repeated headers joined by ", ").
 //! Paths switch behaviour: `/status/<code>` answers that code; `/delay/<ms>` waits, then
-//! answers 200; anything else answers 200 at once.
+//! answers 200; `/delay-body/<ms>` sends the 200's headers at once and its body after the
+//! wait; `/fail-once/<key>` answers 503 the first time a key is asked for and 200 after
+//! (Knative's retry test); anything else answers 200 at once.
+//!
+//! Like every Knative backend (networking's probe handler), a request with
+//! `K-Network-Probe: probe` is answered 200 with its `K-Network-Hash` echoed, or 400 when it
+//! has none; other requests are served as above.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -14,8 +20,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -27,6 +33,22 @@ struct Stats {
     requests: AtomicU64,
     in_flight: AtomicU64,
     max_in_flight: AtomicU64,
+    /// Keys `/fail-once/<key>` has failed already.
+    failed: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+/// The header a Knative probe's hash travels in.
+pub const HASH_HEADER: &str = "k-network-hash";
+
+/// networking's probe handler: `Some((status, hash to echo))` for a probe request.
+pub fn probe_answer(headers: &http::HeaderMap) -> Option<(StatusCode, Option<http::HeaderValue>)> {
+    if headers.get("k-network-probe").map(|v| v.as_bytes()) != Some(b"probe") {
+        return None;
+    }
+    match headers.get(HASH_HEADER).filter(|h| !h.is_empty()) {
+        Some(h) => Some((StatusCode::OK, Some(h.clone()))),
+        None => Some((StatusCode::BAD_REQUEST, None)),
+    }
 }
 
 /// Counts a request in flight for as long as it lives (also when the client goes away).
@@ -37,6 +59,14 @@ impl<'a> InFlight<'a> {
         stats.requests.fetch_add(1, Ordering::SeqCst);
         let now = stats.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         stats.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        InFlight(stats)
+    }
+}
+
+impl<'a> InFlight<'a> {
+    /// Counts a request already counted as received (its body is still being sent).
+    fn resume(stats: &'a Stats) -> Self {
+        stats.in_flight.fetch_add(1, Ordering::SeqCst);
         InFlight(stats)
     }
 }
@@ -155,12 +185,25 @@ fn serve(
     // Dropping the runtime here cancels every open connection.
 }
 
+type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
 async fn handle(
     req: Request<Incoming>,
     name: Arc<str>,
     stats: Arc<Stats>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    let _in_flight = InFlight::enter(&stats);
+) -> Result<Response<Body>, Infallible> {
+    let in_flight = InFlight::enter(&stats);
+    if let Some((status, hash)) = probe_answer(req.headers()) {
+        let mut resp = Response::builder()
+            .status(status)
+            .header("x-revision", &*name);
+        if let Some(h) = hash {
+            resp = resp.header(HASH_HEADER, h);
+        }
+        return Ok(resp
+            .body(Full::new(Bytes::new()).boxed())
+            .expect("a valid response"));
+    }
     let (parts, body) = req.into_parts();
     let body = body
         .collect()
@@ -181,7 +224,20 @@ async fn handle(
             Ok(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
             Err(_) => status = StatusCode::BAD_REQUEST,
         }
+    } else if let Some(key) = path.strip_prefix("/fail-once/") {
+        let first = stats
+            .failed
+            .lock()
+            .expect("the failed set")
+            .insert(key.to_owned());
+        if first {
+            status = StatusCode::SERVICE_UNAVAILABLE;
+        }
     }
+    let body_delay = path
+        .strip_prefix("/delay-body/")
+        .and_then(|ms| ms.parse::<u64>().ok())
+        .map(Duration::from_millis);
 
     let mut headers = Map::new();
     for (k, v) in &parts.headers {
@@ -205,11 +261,27 @@ async fn handle(
         "headers": headers,
         "body_len": body.len(),
     });
+    let text = Bytes::from(echo.to_string());
+    let body = match body_delay {
+        None => Full::new(text).boxed(),
+        Some(wait) => {
+            // Headers now, the body after `wait`; the request counts as in flight till then.
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
+            let stats = stats.clone();
+            drop(in_flight);
+            tokio::spawn(async move {
+                let _in_flight = InFlight::resume(&stats);
+                tokio::time::sleep(wait).await;
+                let _ = tx.send(Ok(Frame::data(text))).await;
+            });
+            StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed()
+        }
+    };
     let resp = Response::builder()
         .status(status)
         .header("x-revision", &*name)
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(echo.to_string())))
+        .body(body)
         .expect("a valid response");
     Ok(resp)
 }

@@ -16,7 +16,9 @@ pub mod admin;
 pub mod backend;
 pub mod client;
 pub mod control;
+pub mod kourier;
 pub mod metrics;
+pub mod protocols;
 pub mod tls;
 pub mod weir;
 

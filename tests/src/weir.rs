@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 pub use nix::sys::signal::Signal;
 
+use crate::kourier::GatewayPorts;
+
 /// How long a fresh process may take to answer `GET /readyz` with 200.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 const POLL: Duration = Duration::from_millis(20);
@@ -44,6 +46,10 @@ pub struct WeirBuilder {
     config_flag: bool,
     /// Written into the config's directory before the process starts (path relative to it).
     files: Vec<(PathBuf, Vec<u8>)>,
+    /// Bind these ports as Kourier's gateway does, instead of free ones.
+    gateway: Option<GatewayPorts>,
+    /// Wait for `GET /readyz` to answer 200 (otherwise only for the listeners).
+    wait_ready: bool,
 }
 
 impl WeirBuilder {
@@ -82,6 +88,20 @@ impl WeirBuilder {
         self
     }
 
+    /// Bind the six listeners of a Kourier gateway pod on `ports` (plain, probe, internal,
+    /// TLS, TLS probe, cluster-local TLS) instead of the usual http and internal ones.
+    pub fn gateway(mut self, ports: GatewayPorts) -> Self {
+        self.gateway = Some(ports);
+        self
+    }
+
+    /// Hand the process out once its listeners accept connections, ready or not (e.g. to
+    /// see it answer 503 before its first xDS sync).
+    pub fn without_waiting_for_ready(mut self) -> Self {
+        self.wait_ready = false;
+        self
+    }
+
     /// Spawns the process and waits until it is ready; one retry on new ports when the
     /// process died at start (another process may have taken a port in between).
     pub fn start(self) -> Weir {
@@ -104,6 +124,10 @@ impl WeirBuilder {
         for attempt in 0..2 {
             let [http, internal, admin, https] = free_addrs::<4>();
             let https = self.https.then_some(https);
+            let (http, internal, https) = match &self.gateway {
+                Some(g) => (g.http, g.internal, Some(g.https)),
+                None => (http, internal, https),
+            };
             let stdout_path = dir
                 .as_ref()
                 .unwrap()
@@ -116,17 +140,24 @@ impl WeirBuilder {
                 .join(format!("stderr.{attempt}.log"));
             let mut cmd = Command::new(&self.bin);
             cmd.arg("proxy");
-            if let Some(addr) = https {
-                cmd.arg("--https").arg(addr.to_string());
-            }
             if self.config_flag {
                 cmd.arg("--config").arg(&config_path);
             }
+            match &self.gateway {
+                Some(g) => {
+                    cmd.args(g.args());
+                }
+                None => {
+                    if let Some(addr) = https {
+                        cmd.arg("--https").arg(addr.to_string());
+                    }
+                    cmd.arg("--http")
+                        .arg(http.to_string())
+                        .arg("--internal")
+                        .arg(internal.to_string());
+                }
+            }
             let child = cmd
-                .arg("--http")
-                .arg(http.to_string())
-                .arg("--internal")
-                .arg(internal.to_string())
                 .arg("--admin")
                 .arg(admin.to_string())
                 .args(&self.args)
@@ -145,9 +176,10 @@ impl WeirBuilder {
                 internal,
                 admin,
                 https,
+                gateway: self.gateway,
                 status: None,
             };
-            match weir.wait_ready(self.ready_timeout) {
+            match weir.wait_ready(self.ready_timeout, self.wait_ready) {
                 Ok(()) => return weir,
                 Err(Some(status)) if attempt == 0 => {
                     eprintln!("weir exited at start ({status}); retrying on new ports");
@@ -181,6 +213,7 @@ pub struct Weir {
     internal: SocketAddr,
     admin: SocketAddr,
     https: Option<SocketAddr>,
+    gateway: Option<GatewayPorts>,
     status: Option<ExitStatus>,
 }
 
@@ -200,7 +233,15 @@ impl Weir {
             https: false,
             config_flag: true,
             files: Vec::new(),
+            gateway: None,
+            wait_ready: true,
         }
+    }
+
+    /// The Kourier gateway ports it binds ([`WeirBuilder::gateway`]).
+    pub fn gateway_ports(&self) -> GatewayPorts {
+        self.gateway
+            .expect("this weir is not a gateway: start it with WeirBuilder::gateway")
     }
 
     /// `http://127.0.0.1:PORT` of the external listener (no trailing slash).
@@ -312,16 +353,35 @@ impl Weir {
 
     /// Ready: `GET /readyz` answers 200 and every data-plane listener accepts connections.
     /// `Err(Some(status))` when the process exited, `Err(None)` on timeout.
-    fn wait_ready(&mut self, timeout: Duration) -> Result<(), Option<ExitStatus>> {
+    fn wait_ready(
+        &mut self,
+        timeout: Duration,
+        wait_ready: bool,
+    ) -> Result<(), Option<ExitStatus>> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.try_status() {
                 return Err(Some(status));
             }
-            let ready = matches!(blocking_get(self.admin, "/readyz"), Ok((200, _)))
-                && connects(self.http)
-                && connects(self.internal)
-                && self.https.is_none_or(connects);
+            let listening = match &self.gateway {
+                Some(g) => [
+                    g.http,
+                    g.probe,
+                    g.internal,
+                    g.https,
+                    g.probe_https,
+                    g.internal_https,
+                ]
+                .into_iter()
+                .all(connects),
+                None => {
+                    connects(self.http)
+                        && connects(self.internal)
+                        && self.https.is_none_or(connects)
+                }
+            };
+            let ready = listening
+                && (!wait_ready || matches!(blocking_get(self.admin, "/readyz"), Ok((200, _))));
             if ready {
                 return Ok(());
             }

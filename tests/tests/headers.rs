@@ -132,3 +132,47 @@ async fn host_with_port_is_passed_as_sent() {
         Some("hello.default.example.com:8080")
     );
 }
+
+/// `K-Proxy-Request: activator` makes queue-proxy and the autoscaler treat a request as
+/// already counted by an activator: a client on the public listener must not be able to
+/// claim it, and Weir, when it reports to the autoscaler itself, claims it for every
+/// request it sends.
+#[tokio::test]
+async fn k_proxy_request_is_stripped_from_clients_and_set_when_reporting() {
+    let backend = Backend::start("hello-00001");
+    let weir = hello(&backend);
+    let claim = [("K-Proxy-Request", "activator")];
+    let r = get(&format!("{}/", weir.http_url()), HOST, &claim).await;
+    assert_eq!(
+        r.upstream_header("k-proxy-request"),
+        None,
+        "public listener"
+    );
+    let r = get(&format!("{}/", weir.internal_url()), HOST, &claim).await;
+    assert_eq!(
+        r.upstream_header("k-proxy-request").as_deref(),
+        Some("activator"),
+        "from inside the cluster it passes"
+    );
+
+    // Reporting to an autoscaler (here one that is not there: the reports are dropped).
+    let dead = format!("ws://127.0.0.1:{}", weir_tests::dead_port());
+    let reporting = Weir::builder(
+        weir_tests::weir_bin!(),
+        &json!({
+            "services": [{"name": "hello", "traffic": [
+                {"revision": "hello-00001", "percent": 100},
+            ]}],
+            "revisions": [{"name": "hello-00001", "endpoints": [backend.endpoint()]}],
+        }),
+    )
+    .arg("--autoscaler")
+    .arg(dead)
+    .start();
+    let r = get(&format!("{}/", reporting.http_url()), HOST, &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.upstream_header("k-proxy-request").as_deref(),
+        Some("activator")
+    );
+}

@@ -507,3 +507,39 @@ async fn a_client_with_a_body_that_goes_away_leaves_the_queue() {
     drop(conn);
     weir.wait_held(NS, REV, 0, Duration::from_secs(3)).await;
 }
+
+/// Knative's ingress probe for a revision at zero is answered by Weir, as the activator
+/// does: 200 with `K-Network-Hash` echoed, at once, never held and never a poke, so probing
+/// an ingress does not wake its revision. With an endpoint, the probe goes to the backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingress_probe_is_answered_while_the_revision_is_at_zero() {
+    let weir = start_weir!(config(json!({"name": REV, "endpoints": []})));
+    let labels = [("namespace", NS), ("revision", REV)];
+    let url = format!("{}/healthz", weir.http_url());
+    let probe = [("K-Network-Probe", "probe"), ("K-Network-Hash", "abc123")];
+    let started = Instant::now();
+    let r = get(&url, HOST, &probe).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("k-network-hash"), Some("abc123"));
+    assert!(started.elapsed() < WAIT, "answered at once");
+    assert_eq!(weir.held(NS, REV).await, 0);
+    let pokes = weir.metric("weir_autoscaler_pokes_total", &labels).await;
+    assert_eq!(
+        pokes.unwrap_or(0.0),
+        0.0,
+        "a probe must not poke the autoscaler"
+    );
+    // Without a hash it is not a valid probe (networking's handler answers 400).
+    let r = get(&url, HOST, &[("K-Network-Probe", "probe")]).await;
+    assert_eq!(r.status, 400);
+
+    // With an endpoint the backend answers the probe (and sees it).
+    let backend = Backend::start(REV);
+    let r = weir.put_endpoints(NS, REV, &[backend.endpoint()]).await;
+    assert_eq!(r.status, 200);
+    let r = get(&url, HOST, &probe).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("k-network-hash"), Some("abc123"));
+    assert_eq!(r.revision(), Some(REV), "the backend answered");
+    assert_eq!(backend.requests(), 1);
+}
