@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion};
 use weir_config::model::Protocol;
 use weir_proxy::metrics::Metrics;
-use weir_proxy::revision::{Revision, Settings};
+use weir_proxy::revision::{HeldMemory, Revision, Settings};
 
 const HELD: usize = 10_000;
 
@@ -19,20 +19,27 @@ fn settings() -> Settings {
         timeout: Duration::from_secs(60),
         protocol: Protocol::Http1,
         queue_depth: HELD,
+        held_memory: u64::MAX,
         poke_interval: Duration::from_secs(1),
     }
 }
 
 /// Holds `HELD` acquisitions, then times one `update` until all have their slot.
 async fn hold_and_release() -> Duration {
-    let rev = Revision::new("default", "bench", settings(), Arc::new(Metrics::new()));
+    let rev = Revision::new(
+        "default",
+        "bench",
+        settings(),
+        Arc::new(Metrics::new()),
+        Arc::new(HeldMemory::default()),
+    );
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut tasks = Vec::with_capacity(HELD);
     for _ in 0..HELD {
         let rev = rev.clone();
         let done = done_tx.clone();
         tasks.push(tokio::spawn(async move {
-            let slot = rev.acquire(&[]).await.expect("released");
+            let slot = rev.acquire(&[], 0).await.expect("released");
             let _ = done.send(Instant::now());
             drop(slot);
         }));

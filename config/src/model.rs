@@ -57,6 +57,9 @@ pub struct Config {
     /// How `X-Forwarded-For` and `X-Forwarded-Proto` are treated.
     #[serde(default, skip_serializing_if = "Forwarded::is_default")]
     pub forwarded: Forwarded,
+    /// What a client may take: timeouts, connections, header sizes, held-request memory.
+    #[serde(default)]
+    pub limits: Limits,
     #[serde(flatten, skip_serializing)]
     pub unknown: Unknown,
 }
@@ -127,6 +130,54 @@ impl<'de> Deserialize<'de> for Addrs {
             Err(_) => Err(serde::de::Error::custom(
                 "expected an address (\"0.0.0.0:8080\") or a list of addresses",
             )),
+        }
+    }
+}
+
+/// The edge's limits (nginx's `client_header_timeout`, `keepalive_timeout`,
+/// `worker_connections`; Envoy's `request_headers_timeout`, `idle_timeout`, overload manager).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Limits {
+    /// A request head must arrive whole within this: from accept for a connection's first
+    /// request, from its first byte for the next ones; then 408 and close. `0s`: no limit.
+    #[serde(default = "defaults::header_read_timeout")]
+    pub header_read_timeout: Duration,
+    /// A client connection with no request in flight is closed after this (HTTP/2: GOAWAY).
+    /// `0s`: never. Requests that reached a backend are never timed out.
+    #[serde(default = "defaults::idle_timeout")]
+    pub idle_timeout: Duration,
+    /// Client connections open at once; beyond it Weir stops accepting (the kernel's listen
+    /// backlog holds the rest). Default: 3/4 of the open-file limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// Largest request header section (names and values), else 431.
+    #[serde(default = "defaults::max_request_headers_size")]
+    pub max_request_headers_size: ByteSize,
+    /// Most request header fields, else 431.
+    #[serde(default = "defaults::max_request_headers")]
+    pub max_request_headers: u32,
+    /// Memory the requests held for one revision may take (then 503, like a full queue).
+    #[serde(default = "defaults::held_memory_per_revision")]
+    pub held_memory_per_revision: ByteSize,
+    /// Memory all held requests may take together; past it new requests that would wait
+    /// get 503 with `Retry-After` (overload).
+    #[serde(default = "defaults::held_memory")]
+    pub held_memory: ByteSize,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_read_timeout: defaults::header_read_timeout(),
+            idle_timeout: defaults::idle_timeout(),
+            max_connections: None,
+            max_request_headers_size: defaults::max_request_headers_size(),
+            max_request_headers: defaults::max_request_headers(),
+            held_memory_per_revision: defaults::held_memory_per_revision(),
+            held_memory: defaults::held_memory(),
+            unknown: Unknown::new(),
         }
     }
 }
@@ -495,6 +546,73 @@ impl<'de> Deserialize<'de> for Duration {
     }
 }
 
+// === impl ByteSize ===
+
+/// A size as written in the config: a number of bytes, or a number with a unit `KiB`, `MiB`
+/// or `GiB` (`64KiB`, `512MiB`). Like [`Duration`], a bad value is kept and reported by
+/// validation with its path.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ByteSize {
+    raw: String,
+    value: Option<u64>,
+}
+
+impl ByteSize {
+    pub fn parse(raw: &str) -> ByteSize {
+        ByteSize {
+            raw: raw.to_owned(),
+            value: parse_size(raw),
+        }
+    }
+
+    pub fn get(&self) -> Option<u64> {
+        self.value
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.raw
+    }
+}
+
+impl fmt::Debug for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.raw)
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.raw)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = serde_json::Value::deserialize(d)?;
+        let raw = match v {
+            serde_json::Value::String(s) => s,
+            other => other.to_string(),
+        };
+        Ok(ByteSize::parse(&raw))
+    }
+}
+
+/// Parses a byte count: digits, optionally followed by `KiB`, `MiB` or `GiB`.
+pub fn parse_size(raw: &str) -> Option<u64> {
+    let s = raw.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
 /// Parses `<number><unit>` with unit `ms`, `s`, `m` or `h`; the number may have a fraction.
 pub fn parse_duration(raw: &str) -> Option<time::Duration> {
     let s = raw.trim();
@@ -518,7 +636,7 @@ pub fn parse_duration(raw: &str) -> Option<time::Duration> {
 }
 
 mod defaults {
-    use super::Duration;
+    use super::{ByteSize, Duration};
 
     pub fn domain() -> String {
         "example.com".into()
@@ -549,6 +667,24 @@ mod defaults {
     }
     pub fn readiness_path() -> String {
         "/ready".into()
+    }
+    pub fn header_read_timeout() -> Duration {
+        Duration::parse("10s")
+    }
+    pub fn idle_timeout() -> Duration {
+        Duration::parse("60s")
+    }
+    pub fn max_request_headers_size() -> ByteSize {
+        ByteSize::parse("64KiB")
+    }
+    pub fn max_request_headers() -> u32 {
+        100
+    }
+    pub fn held_memory_per_revision() -> ByteSize {
+        ByteSize::parse("256MiB")
+    }
+    pub fn held_memory() -> ByteSize {
+        ByteSize::parse("1GiB")
     }
     pub fn yes() -> bool {
         true

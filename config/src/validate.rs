@@ -110,7 +110,7 @@ impl Validator {
             &cfg.unknown,
             "listen, domain, domain_template, tag_template, cluster_domain, \
              tag_header_routing, drain_timeout, threads, node_id, hold, autoscaler, services, \
-             ingresses, revisions, tls, readiness, forwarded",
+             ingresses, revisions, tls, readiness, forwarded, limits",
         );
         self.listen(&cfg.listen);
         if !is_dns_name(&cfg.domain) {
@@ -181,6 +181,7 @@ impl Validator {
         self.duplicate_hosts(cfg);
         self.tls(cfg);
         self.readiness(cfg);
+        self.limits(&cfg.limits);
         self.unknown(
             "forwarded",
             &cfg.forwarded.unknown,
@@ -249,6 +250,65 @@ impl Validator {
                     ),
                     _ => {}
                 }
+            }
+        }
+    }
+
+    fn limits(&mut self, l: &Limits) {
+        self.unknown(
+            "limits",
+            &l.unknown,
+            "header_read_timeout, idle_timeout, max_connections, max_request_headers_size, \
+             max_request_headers, held_memory_per_revision, held_memory",
+        );
+        for (name, d) in [
+            ("header_read_timeout", &l.header_read_timeout),
+            ("idle_timeout", &l.idle_timeout),
+        ] {
+            if let Some(t) = self.duration(&format!("limits.{name}"), d) {
+                if t.as_secs() > 24 * 3600 {
+                    self.err(
+                        format!("limits.{name}"),
+                        "must be at most 24h (0s turns it off)",
+                    );
+                }
+            }
+        }
+        if l.max_connections == Some(0) {
+            self.err(
+                "limits.max_connections",
+                "must be at least 1 (leave it out for 3/4 of the open-file limit)",
+            );
+        }
+        if l.max_request_headers == 0 {
+            self.err("limits.max_request_headers", "must be at least 1");
+        }
+        for (name, size, min) in [
+            (
+                "max_request_headers_size",
+                &l.max_request_headers_size,
+                1024,
+            ),
+            (
+                "held_memory_per_revision",
+                &l.held_memory_per_revision,
+                1 << 20,
+            ),
+            ("held_memory", &l.held_memory, 1 << 20),
+        ] {
+            match size.get() {
+                None => self.err(
+                    format!("limits.{name}"),
+                    format!(
+                        "{:?} is not a size; write bytes or a number with KiB, MiB or GiB",
+                        size.as_str()
+                    ),
+                ),
+                Some(n) if n < min => self.err(
+                    format!("limits.{name}"),
+                    format!("must be at least {min} bytes"),
+                ),
+                Some(_) => {}
             }
         }
     }

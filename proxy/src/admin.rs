@@ -37,6 +37,27 @@ pub fn check_bind(addr: &SocketAddr, token: Option<&str>) -> Result<(), String> 
     }
 }
 
+/// Binds `addr` as soon as it is free (a binary upgrade: the process being replaced has it
+/// until it exits), then serves.
+pub async fn serve_when_free(addr: SocketAddr, admin: Arc<Admin>) {
+    let mut said = false;
+    loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => {
+                log::info!("admin listener {addr} taken over");
+                return serve(l, admin).await;
+            }
+            Err(e) => {
+                if !said {
+                    log::info!("admin listener {addr}: {e}; retrying until the old process exits");
+                    said = true;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
 /// Accepts admin connections until the process ends.
 pub async fn serve(listener: tokio::net::TcpListener, admin: Arc<Admin>) {
     loop {

@@ -93,6 +93,14 @@ struct ProxyArgs {
     /// without binding anything; exit 0 when it would start.
     #[arg(long)]
     check_args: bool,
+    /// Take the listening sockets over from the `weir proxy` running with the same
+    /// --upgrade-sock and listeners: start this, then send the old one SIGQUIT.
+    #[arg(long)]
+    upgrade: bool,
+    /// Where a binary upgrade hands the listening sockets over [default: a private
+    /// directory under the temp dir, weir-<uid>/upgrade.sock].
+    #[arg(long, value_name = "PATH")]
+    upgrade_sock: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -313,6 +321,10 @@ fn proxy(args: ProxyArgs) -> ExitCode {
         autoscaler_url: args.autoscaler,
         pod_name,
         xds,
+        upgrade: args.upgrade,
+        upgrade_sock: args
+            .upgrade_sock
+            .unwrap_or_else(server::default_upgrade_sock),
     };
     if args.check_args {
         // What `weir check` checks (done above, in load_file), and the start-up checks

@@ -119,6 +119,8 @@ Ctrl-C stops everything.
             autoscaler_url: None,
             pod_name: "weir-demo".into(),
             xds: None,
+            upgrade: false,
+            upgrade_sock: server::default_upgrade_sock(),
         },
         &rt,
         state,

@@ -20,8 +20,32 @@ pub struct Metrics {
     pub config_updates: IntCounterVec,
     pub xds_connected: IntGauge,
     pub autoscaler_reports: IntCounterVec,
+    pub overload_rejections: IntCounterVec,
+    /// When the overload line was last logged (rate limit).
+    pub overload_logged: std::sync::Mutex<Option<std::time::Instant>>,
+    pub connections_open: IntGauge,
+    pub connections_max: IntGauge,
+    pub connection_limit_waits: IntGauge,
+    pub held_memory_bytes: IntGauge,
+    /// The listeners' connection limit and the held-request budget, read when rendering.
+    pub edge: std::sync::OnceLock<EdgeGauges>,
     /// Called with (namespace, revision) on every poke; set once by the autoscaler reporter.
     pub poke_hook: std::sync::OnceLock<PokeHook>,
+}
+
+/// What the connection and held-memory gauges read from.
+pub struct EdgeGauges {
+    pub connections: std::sync::Arc<pingora::listeners::ConnectionLimit>,
+    pub held_memory: std::sync::Arc<crate::revision::HeldMemory>,
+}
+
+/// Logs `line` at warn level at most once every 10 s (`last` holds when it was logged).
+pub fn log_limited(last: &std::sync::Mutex<Option<std::time::Instant>>, line: &str) {
+    let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
+    if last.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(10)) {
+        *last = Some(std::time::Instant::now());
+        log::warn!("{line} (logged at most every 10 s; see weir_overload_rejections_total)");
+    }
 }
 
 /// Receives scale-from-zero pokes.
@@ -112,6 +136,38 @@ impl Metrics {
                 &["result"],
             )
             .expect("metric"),
+            overload_rejections: IntCounterVec::new(
+                Opts::new(
+                    "weir_overload_rejections_total",
+                    "Requests answered 503 with Retry-After instead of waiting, by reason: \
+                     connections (near max_connections) or held_memory (limits.held_memory).",
+                ),
+                &["reason"],
+            )
+            .expect("metric"),
+            overload_logged: std::sync::Mutex::new(None),
+            connections_open: IntGauge::new(
+                "weir_connections",
+                "Client connections open (slots of max_connections taken).",
+            )
+            .expect("metric"),
+            connections_max: IntGauge::new(
+                "weir_connections_max",
+                "max_connections: beyond it Weir stops accepting.",
+            )
+            .expect("metric"),
+            connection_limit_waits: IntGauge::new(
+                "weir_connection_limit_waits",
+                "Times a listener found max_connections reached and stopped accepting until \
+                 a connection closed (a count since start).",
+            )
+            .expect("metric"),
+            held_memory_bytes: IntGauge::new(
+                "weir_held_memory_bytes",
+                "Memory counted against limits.held_memory by held requests.",
+            )
+            .expect("metric"),
+            edge: std::sync::OnceLock::new(),
             registry,
             poke_hook: std::sync::OnceLock::new(),
         };
@@ -128,6 +184,11 @@ impl Metrics {
             Box::new(m.config_updates.clone()),
             Box::new(m.xds_connected.clone()),
             Box::new(m.autoscaler_reports.clone()),
+            Box::new(m.overload_rejections.clone()),
+            Box::new(m.connections_open.clone()),
+            Box::new(m.connections_max.clone()),
+            Box::new(m.connection_limit_waits.clone()),
+            Box::new(m.held_memory_bytes.clone()),
         ] {
             r.register(c).expect("metric names are unique");
         }
@@ -136,6 +197,13 @@ impl Metrics {
 
     /// Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
+        if let Some(e) = self.edge.get() {
+            self.connections_open.set(e.connections.in_use() as i64);
+            self.connections_max.set(e.connections.max() as i64);
+            self.connection_limit_waits
+                .set(e.connections.waited() as i64);
+            self.held_memory_bytes.set(e.held_memory.used() as i64);
+        }
         let mut out = Vec::with_capacity(16 * 1024);
         let families = self.registry.gather();
         if let Err(e) = TextEncoder::new().encode(&families, &mut out) {

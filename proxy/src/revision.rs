@@ -63,8 +63,46 @@ pub struct Settings {
     pub timeout: Duration,
     pub protocol: Protocol,
     pub queue_depth: usize,
+    /// Memory the requests held for this revision may take (`limits.held_memory_per_revision`).
+    pub held_memory: u64,
     /// At most one autoscaler poke per revision per this interval.
     pub poke_interval: Duration,
+}
+
+/// What a held request is counted as, besides its buffered body: its connection, pingora
+/// session and task while it waits (measured with `benches/hold_memory.py`).
+pub const HELD_REQUEST_COST: u64 = 16 * 1024;
+
+/// The memory all held requests take together, against `limits.held_memory`; shared by
+/// every revision of a process.
+#[derive(Debug, Default)]
+pub struct HeldMemory {
+    used: AtomicU64,
+    limit: AtomicU64,
+}
+
+impl HeldMemory {
+    pub fn set_limit(&self, bytes: u64) {
+        self.limit.store(bytes, Ordering::Relaxed);
+    }
+
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Takes `bytes` if they fit under the limit.
+    fn charge(&self, bytes: u64) -> bool {
+        let limit = self.limit.load(Ordering::Relaxed);
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                (u + bytes <= limit || limit == 0).then_some(u + bytes)
+            })
+            .is_ok()
+    }
+
+    fn release(&self, bytes: u64) {
+        self.used.fetch_sub(bytes, Ordering::AcqRel);
+    }
 }
 
 /// A revision's endpoints and settings; replaced whole on every update.
@@ -90,6 +128,9 @@ pub enum HoldError {
     Timeout,
     /// No endpoint because its names do not resolve: 502 at once.
     Unresolved,
+    /// Held requests of the whole process take `limits.held_memory`: 503 with
+    /// `Retry-After` (overload), without waiting.
+    Overloaded,
 }
 
 struct Waiter {
@@ -118,6 +159,11 @@ pub struct Revision {
     rr: AtomicUsize,
     /// Requests in the queue; read without the lock to keep the fast path lock-free.
     waiting: AtomicUsize,
+    /// Memory the held requests of this revision take (their [`HELD_REQUEST_COST`] and
+    /// bodies).
+    held_bytes: AtomicU64,
+    /// The process-wide budget of held requests.
+    held_memory: Arc<HeldMemory>,
     queue: Mutex<VecDeque<Waiter>>,
     next_waiter: AtomicU64,
     /// Milliseconds since `epoch` of the last poke; `u64::MAX` = never.
@@ -170,6 +216,7 @@ impl Revision {
         name: &str,
         settings: Settings,
         metrics: Arc<Metrics>,
+        held_memory: Arc<HeldMemory>,
     ) -> Arc<Revision> {
         let set = EndpointSet {
             endpoints: Box::new([]),
@@ -187,6 +234,8 @@ impl Revision {
             declared: Mutex::new(Arc::new([])),
             rr: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
+            held_bytes: AtomicU64::new(0),
+            held_memory,
             queue: Mutex::new(VecDeque::new()),
             next_waiter: AtomicU64::new(0),
             last_poke: AtomicU64::new(u64::MAX),
@@ -313,7 +362,13 @@ impl Revision {
 
     /// Takes a slot, waiting in the FIFO queue up to the revision's timeout when none is free.
     /// `avoid` lists endpoints that just failed to connect; they are used only as a last resort.
-    pub async fn acquire(self: &Arc<Self>, avoid: &[SocketAddr]) -> Result<Slot, HoldError> {
+    /// A waiting request counts [`HELD_REQUEST_COST`] plus `body` bytes against the
+    /// revision's and the process's held-memory budgets while it waits.
+    pub async fn acquire(
+        self: &Arc<Self>,
+        avoid: &[SocketAddr],
+        body: u64,
+    ) -> Result<Slot, HoldError> {
         if let Some(slot) = self.try_acquire(avoid) {
             return Ok(slot);
         }
@@ -321,6 +376,26 @@ impl Revision {
         if set.unresolved && set.endpoints.is_empty() {
             return Err(HoldError::Unresolved);
         }
+        let cost = HELD_REQUEST_COST + body;
+        let fits = self
+            .held_bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                (u + cost <= set.settings.held_memory).then_some(u + cost)
+            })
+            .is_ok();
+        if !fits {
+            self.outcome("rejected");
+            return Err(HoldError::QueueFull);
+        }
+        if !self.held_memory.charge(cost) {
+            self.held_bytes.fetch_sub(cost, Ordering::AcqRel);
+            self.outcome("rejected");
+            return Err(HoldError::Overloaded);
+        }
+        let _charged = Charge {
+            revision: self,
+            bytes: cost,
+        };
         let (tx, rx) = oneshot::channel();
         let id = self.next_waiter.fetch_add(1, Ordering::Relaxed);
         {
@@ -572,6 +647,22 @@ fn first_free<'a>(
     eps.iter().find(|e| usable(e) && e.try_take(cc))
 }
 
+/// The held-memory charge of one waiting request, given back when it stops waiting however
+/// that happens (released, timed out, cancelled).
+struct Charge<'a> {
+    revision: &'a Revision,
+    bytes: u64,
+}
+
+impl Drop for Charge<'_> {
+    fn drop(&mut self) {
+        self.revision
+            .held_bytes
+            .fetch_sub(self.bytes, Ordering::AcqRel);
+        self.revision.held_memory.release(self.bytes);
+    }
+}
+
 /// Leaves the queue when the waiting future is dropped (the client went away), and passes on
 /// a slot that was handed over in that instant, so the next waiter is not stalled.
 struct LeaveQueue<'a> {
@@ -605,6 +696,7 @@ mod tests {
             timeout: Duration::from_millis(timeout_ms),
             protocol: Protocol::Http1,
             queue_depth: depth,
+            held_memory: u64::MAX,
             poke_interval: Duration::from_secs(1),
         }
     }
@@ -615,6 +707,7 @@ mod tests {
             "r1",
             settings(cc, timeout_ms, depth),
             Arc::new(Metrics::new()),
+            Arc::new(HeldMemory::default()),
         );
         let a: Vec<SocketAddr> = addrs.iter().map(|a| a.parse().unwrap()).collect();
         r.update(&a, settings(cc, timeout_ms, depth));
@@ -665,7 +758,7 @@ mod tests {
         for i in 0..3 {
             let r2 = r.clone();
             tasks.push(tokio::spawn(async move {
-                let s = r2.acquire(&[]).await.unwrap();
+                let s = r2.acquire(&[], 0).await.unwrap();
                 (i, s.addr())
             }));
             while r.held() < i + 1 {
@@ -693,13 +786,13 @@ mod tests {
     async fn queue_full_and_timeout() {
         let r = rev(&[], 1, 1000, 2);
         let r1 = r.clone();
-        let h1 = tokio::spawn(async move { r1.acquire(&[]).await.map(|_| ()) });
+        let h1 = tokio::spawn(async move { r1.acquire(&[], 0).await.map(|_| ()) });
         let r2 = r.clone();
-        let h2 = tokio::spawn(async move { r2.acquire(&[]).await.map(|_| ()) });
+        let h2 = tokio::spawn(async move { r2.acquire(&[], 0).await.map(|_| ()) });
         while r.held() < 2 {
             tokio::task::yield_now().await;
         }
-        assert_eq!(r.acquire(&[]).await.err(), Some(HoldError::QueueFull));
+        assert_eq!(r.acquire(&[], 0).await.err(), Some(HoldError::QueueFull));
         assert_eq!(h1.await.unwrap(), Err(HoldError::Timeout));
         assert_eq!(h2.await.unwrap(), Err(HoldError::Timeout));
         assert_eq!(r.held(), 0);
@@ -709,7 +802,7 @@ mod tests {
     async fn a_cancelled_waiter_leaves_the_queue() {
         let r = rev(&[], 1, 60_000, 10);
         let r1 = r.clone();
-        let h = tokio::spawn(async move { r1.acquire(&[]).await.map(|_| ()) });
+        let h = tokio::spawn(async move { r1.acquire(&[], 0).await.map(|_| ()) });
         while r.held() < 1 {
             tokio::task::yield_now().await;
         }
@@ -737,7 +830,7 @@ mod tests {
         let r = rev(&["127.0.0.1:1"], 1, 60_000, 10);
         let busy = r.try_acquire(&[]).unwrap();
         let r1 = r.clone();
-        let h = tokio::spawn(async move { r1.acquire(&[]).await.map(|s| s.addr()) });
+        let h = tokio::spawn(async move { r1.acquire(&[], 0).await.map(|s| s.addr()) });
         while r.held() < 1 {
             tokio::task::yield_now().await;
         }

@@ -93,6 +93,9 @@ enum Failure {
     QueueFull,
     HoldTimeout,
     ClientGone,
+    /// Would wait while the process is overloaded: 503 with `Retry-After` (the reason is
+    /// the `weir_overload_rejections_total` label).
+    Overloaded(&'static str),
 }
 
 /// Per-request state.
@@ -164,7 +167,8 @@ enum Decision {
 
 impl WeirProxy {
     fn route(&self, req: &RequestHeader, ctx: &mut Ctx) -> Decision {
-        if let Some((code, why)) = malformed(req) {
+        let snap = self.state.load();
+        if let Some((code, why)) = malformed(req, &snap.config.limits) {
             return Decision::Respond(code, why.into());
         }
         let host = match req.headers.get(header::HOST) {
@@ -174,7 +178,6 @@ impl WeirProxy {
                 None => return Decision::Respond(400, "missing Host header\n".into()),
             },
         };
-        let snap = self.state.load();
         let route = match snap.table.lookup(host, self.listener) {
             Ok(Some(r)) => r,
             Ok(None) => {
@@ -342,13 +345,17 @@ impl WeirProxy {
         // request waits: pingora replays it upstream from that buffer, and once it is in,
         // the connection can be watched for the client going away. A larger or chunked body
         // cannot be held in memory that way; such a request waits until release or timeout.
-        let small_body = has_body
-            && downstream
-                .get_header(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<usize>().ok())
-                .is_some_and(|n| n <= HELD_BODY_LIMIT);
-        let held = rev.acquire(avoid);
+        let body_len = downstream
+            .get_header(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        let small_body = has_body && body_len.is_some_and(|n| n <= HELD_BODY_LIMIT);
+        if self.state.edge.connections_near_limit() {
+            // Holding would tie up one more of the few connections left: refuse at once.
+            return Err(Failure::Overloaded("connections"));
+        }
+        let held_body = if small_body { body_len.unwrap_or(0) } else { 0 };
+        let held = rev.acquire(avoid, held_body as u64);
         tokio::pin!(held);
         let gone = async {
             if has_body && !small_body {
@@ -375,6 +382,7 @@ impl WeirProxy {
                 HoldError::QueueFull => Failure::QueueFull,
                 HoldError::Timeout => Failure::HoldTimeout,
                 HoldError::Unresolved => Failure::Connect,
+                HoldError::Overloaded => Failure::Overloaded("held_memory"),
             }),
             _ = gone => Err(Failure::ClientGone),
         }
@@ -382,13 +390,29 @@ impl WeirProxy {
 }
 
 async fn respond(session: &mut Session, code: u16, body: impl Into<Bytes>) -> Result<()> {
+    respond_with(session, code, body, None).await
+}
+
+/// [`respond`] with one more header.
+async fn respond_with(
+    session: &mut Session,
+    code: u16,
+    body: impl Into<Bytes>,
+    extra: Option<(HeaderName, &'static str)>,
+) -> Result<()> {
     let body = body.into();
-    let mut resp = ResponseHeader::build(code, Some(3))?;
+    let mut resp = ResponseHeader::build(code, Some(4))?;
     resp.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
     resp.insert_header(header::CONTENT_LENGTH, body.len())?;
+    if let Some((name, value)) = extra {
+        resp.insert_header(name, value)?;
+    }
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body), true).await
 }
+
+/// How soon an overloaded answer asks the client to come back (seconds).
+const RETRY_AFTER_SECS: &str = "1";
 
 #[async_trait]
 impl ProxyHttp for WeirProxy {
@@ -531,10 +555,15 @@ impl ProxyHttp for WeirProxy {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if self.state.edge.connections_near_limit() {
+            // Near max_connections: close after this answer so slots turn over and clients
+            // waiting in the backlog get in (Envoy's overload action "disable keepalive").
+            session.set_keepalive(None);
+        }
         if let Some(sticky) = ctx.sticky.as_ref().filter(|s| s.must_set) {
             let value = match sticky.endpoint.filter(|_| sticky.instance) {
                 Some(ep) => format!("{}/{ep}", sticky.revision),
@@ -588,6 +617,18 @@ impl ProxyHttp for WeirProxy {
                 ),
             ),
             (Some(Failure::QueueFull), _) => (503, "pending request queue full\n".into()),
+            (Some(Failure::Overloaded(reason)), _) => {
+                self.state
+                    .metrics
+                    .overload_rejections
+                    .with_label_values(&[reason])
+                    .inc();
+                crate::metrics::log_limited(
+                    &self.state.metrics.overload_logged,
+                    &format!("overloaded ({reason}): answering 503 with Retry-After to requests that would wait"),
+                );
+                (503, "overloaded; retry later\n".into())
+            }
             (Some(Failure::HoldTimeout), Some(rev)) => (
                 504,
                 format!(
@@ -611,7 +652,9 @@ impl ProxyHttp for WeirProxy {
         };
         // Only answer if nothing was sent yet; otherwise the connection is simply closed.
         if code > 0 && session.response_written().is_none() {
-            if let Err(err) = respond(session, code, body).await {
+            let retry_after = matches!(ctx.failure, Some(Failure::Overloaded(_)))
+                .then(|| (header::RETRY_AFTER, RETRY_AFTER_SECS));
+            if let Err(err) = respond_with(session, code, body, retry_after).await {
                 log::debug!("writing the {code} answer: {err}");
             }
         }
@@ -625,7 +668,12 @@ impl ProxyHttp for WeirProxy {
         // Holding outcomes are expected and counted; clients going away is normal.
         matches!(
             ctx.failure,
-            Some(Failure::QueueFull | Failure::HoldTimeout | Failure::ClientGone)
+            Some(
+                Failure::QueueFull
+                    | Failure::HoldTimeout
+                    | Failure::ClientGone
+                    | Failure::Overloaded(_)
+            )
         )
     }
 
@@ -653,22 +701,26 @@ fn failure_code(f: Failure) -> u16 {
         Failure::QueueFull => 503,
         Failure::HoldTimeout => 504,
         Failure::ClientGone => 499,
+        Failure::Overloaded(_) => 503,
     }
 }
 
-/// Largest total of request header names and values accepted (then 431).
-const MAX_HEADER_BYTES: usize = 64 * 1024;
-
-/// Requests pingora's parser lets through but that must never reach a backend: both
-/// `Content-Length` and `Transfer-Encoding` (the classic smuggling vector, RFC 9112 section
-/// 6.3 allows rejecting it) and oversized header sections.
-fn malformed(req: &RequestHeader) -> Option<(u16, &'static str)> {
+/// Requests pingora's parser lets through but that must never reach a backend: header
+/// sections over `limits.max_request_headers_size` or with more than
+/// `limits.max_request_headers` fields (431). (A request with both `Content-Length` and
+/// `Transfer-Encoding` is refused in `request_filter`, from the raw bytes: pingora drops
+/// `Content-Length` before any hook sees the parsed head.)
+fn malformed(
+    req: &RequestHeader,
+    limits: &weir_config::model::Limits,
+) -> Option<(u16, &'static str)> {
     let h = &req.headers;
-    if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
-        return Some((400, "both Content-Length and Transfer-Encoding\n"));
+    if h.len() > limits.max_request_headers as usize {
+        return Some((431, "too many request header fields\n"));
     }
+    let max = limits.max_request_headers_size.get().unwrap_or(u64::MAX) as usize;
     let size: usize = h.iter().map(|(n, v)| n.as_str().len() + v.len()).sum();
-    if size > MAX_HEADER_BYTES {
+    if size > max {
         return Some((431, "request header fields too large\n"));
     }
     None

@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 use http::HeaderValue;
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
-use pingora::listeners::{L4BufferSettings, ListenerConfig};
+use pingora::listeners::{ConnectionLimit, L4BufferSettings, ListenerConfig};
 use pingora::proxy::http_proxy_service_with_name;
 use pingora::server::configuration::{Opt, ServerConf};
-use pingora::server::Server;
+use pingora::server::{ExecutionPhase, Server};
 use weir_config::{Config, Format, Listener};
 
 use crate::admin::{self, Admin};
@@ -80,6 +80,10 @@ pub struct ProxyOptions {
     pub pod_name: String,
     /// Routes, revisions and certificates from this ADS server (`--xds`).
     pub xds: Option<weir_control::xds::ClientOptions>,
+    /// Take the listening sockets over from a running `weir proxy` (`--upgrade`).
+    pub upgrade: bool,
+    /// Where listening sockets are handed over in a binary upgrade (`--upgrade-sock`).
+    pub upgrade_sock: PathBuf,
 }
 
 impl ProxyOptions {
@@ -117,6 +121,22 @@ impl ProxyOptions {
         match self.autoscaler() {
             Some(url) => out.push_str(&format!("  autoscaler {url} as pod {:?}\n", self.pod_name)),
             None => out.push_str("  autoscaler off\n"),
+        }
+        let lim = &self.config.limits;
+        out.push_str(&format!(
+            "  limits: header_read_timeout {}, idle_timeout {}, max_connections {}\n",
+            lim.header_read_timeout.as_str(),
+            lim.idle_timeout.as_str(),
+            lim.max_connections.map_or_else(
+                || "3/4 of the open-file limit".to_string(),
+                |n| n.to_string()
+            ),
+        ));
+        if self.upgrade {
+            out.push_str(&format!(
+                "  upgrade: take the listeners over through {}\n",
+                self.upgrade_sock.display()
+            ));
         }
         out.push_str(&format!(
             "  config: {} services, {} ingresses, {} revisions, {} certificates; threads {}",
@@ -195,42 +215,51 @@ pub fn run(opts: ProxyOptions, rt: &tokio::runtime::Runtime, state: Arc<State>) 
         return ExitCode::from(1);
     }
 
+    let max_connections = max_connections(&opts.config.limits);
+    if !opts.upgrade {
+        // pingora binds when it starts its services; check first so a busy port is a clean
+        // exit 1. (In an upgrade the running process holds them, and hands them over.)
+        for (_, addr) in l.all() {
+            if let Err(e) = std::net::TcpListener::bind(addr) {
+                eprintln!("error: cannot listen on {addr}: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
     let admin_listener = match std::net::TcpListener::bind(opts.admin) {
-        Ok(l) => l,
+        Ok(l) => Some(l),
+        // The process being replaced still has it: take it once that one has exited.
+        Err(e) if opts.upgrade && e.kind() == std::io::ErrorKind::AddrInUse => None,
         Err(e) => {
             eprintln!("error: cannot listen on admin address {}: {e}", opts.admin);
             return ExitCode::from(1);
         }
     };
-    // pingora binds when it starts its services; check first so a busy port is a clean exit 1.
-    for (_, addr) in l.all() {
-        if let Err(e) = std::net::TcpListener::bind(addr) {
-            eprintln!("error: cannot listen on {addr}: {e}");
-            return ExitCode::from(1);
-        }
-    }
     let active = Arc::new(Active::default());
+    let admin = Arc::new(Admin {
+        state: state.clone(),
+        token: opts.admin_token.clone(),
+    });
     {
         let _enter = rt.enter();
-        if let Err(e) = admin_listener.set_nonblocking(true) {
-            eprintln!("error: admin listener: {e}");
-            return ExitCode::from(1);
-        }
-        let listener = match tokio::net::TcpListener::from_std(admin_listener) {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("error: admin listener: {e}");
-                return ExitCode::from(1);
+        match admin_listener {
+            Some(l) => {
+                let listener = match l
+                    .set_nonblocking(true)
+                    .and_then(|()| tokio::net::TcpListener::from_std(l))
+                {
+                    Ok(l) => l,
+                    Err(e) => {
+                        eprintln!("error: admin listener: {e}");
+                        return ExitCode::from(1);
+                    }
+                };
+                rt.spawn(admin::serve(listener, admin));
             }
-        };
-        rt.spawn(admin::serve(
-            listener,
-            Arc::new(Admin {
-                state: state.clone(),
-                token: opts.admin_token.clone(),
-            }),
-        ));
-        rt.spawn(drain_on_sigterm(active.clone(), drain));
+            None => {
+                rt.spawn(admin::serve_when_free(opts.admin, admin));
+            }
+        }
         rt.spawn(crate::autoscaler::run(state.clone(), reporter));
         rt.spawn(crate::state::refresh_dns(state.clone()));
         let sink = opts
@@ -245,15 +274,46 @@ pub fn run(opts: ProxyOptions, rt: &tokio::runtime::Runtime, state: Arc<State>) 
         }
     }
 
+    if let Some(dir) = opts.upgrade_sock.parent() {
+        // Private: whoever can write the socket can hand this process listening sockets.
+        if let Err(e) = create_private_dir(dir) {
+            eprintln!("error: upgrade socket directory {}: {e}", dir.display());
+            return ExitCode::from(1);
+        }
+    }
     let conf = ServerConf {
         threads: opts.threads.max(1),
         grace_period_seconds: Some(drain.as_secs_f64().ceil() as u64),
         graceful_shutdown_timeout_seconds: Some(1),
         upstream_keepalive_pool_size: 1024,
+        upgrade_sock: opts.upgrade_sock.to_string_lossy().into_owned(),
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
+    let opt = Opt {
+        upgrade: opts.upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    // In an upgrade this waits (about 6 s at most) for the running process's sockets.
     server.bootstrap();
+    {
+        // The drain follows pingora's shutdown (SIGTERM, or SIGQUIT once the sockets are
+        // handed over), not the signals themselves.
+        let _enter = rt.enter();
+        rt.spawn(drain_on_shutdown(
+            server.watch_execution_phase(),
+            state.clone(),
+            active.clone(),
+            drain,
+        ));
+    }
+    let limit = ConnectionLimit::new(max_connections);
+    let _ = state.edge.connections.set(limit.clone());
+    let _ = state.metrics.edge.set(crate::metrics::EdgeGauges {
+        connections: limit.clone(),
+        held_memory: state.edge.held_memory.clone(),
+    });
+    log::info!("max_connections {max_connections}");
     let proxy_header = Arc::new(crate::proxy_protocol::Reader {
         state: state.clone(),
         timeout: PROXY_HEADER_TIMEOUT,
@@ -288,40 +348,35 @@ pub fn run(opts: ProxyOptions, rt: &tokio::runtime::Runtime, state: Arc<State>) 
         };
         let mut svc = http_proxy_service_with_name(&server.configuration, proxy, name);
         for addr in addrs.iter() {
-            match certs {
-                Some(store) => {
-                    let mut settings = match TlsSettings::intermediate("", "") {
-                        Ok(s) => s,
-                        Err(e) => {
-                            eprintln!("error: TLS listener: {e}");
-                            return ExitCode::from(1);
-                        }
-                    };
-                    settings.set_cert_resolver((*store).clone());
-                    // ALPN h2 and http/1.1; TLS 1.2 and 1.3 only (pingora's rustls defaults).
-                    settings.enable_h2();
-                    svc.add_tls_with_settings(&addr.to_string(), None, settings);
-                }
-                None => {
-                    // pingora reads each connection through a 64 KiB buffer by default, kept
-                    // for the connection's life: ~64 KiB per idle or held client. Header and
-                    // body reads bring their own buffers (larger reads bypass this one), so
-                    // 4 KiB of read-ahead is plenty and makes 10,000 held requests ~600 MB
-                    // lighter.
-                    svc.add_listener(
-                        ListenerConfig::tcp(addr.to_string())
-                            .l4_buffer(L4BufferSettings::default().read(L4_READ_BUFFER)),
-                    );
-                }
+            // pingora reads each connection through a 64 KiB buffer by default, kept for the
+            // connection's life: ~64 KiB per idle or held client. Header and body reads bring
+            // their own buffers (larger reads bypass this one), so 4 KiB of read-ahead is
+            // plenty and makes 10,000 held requests ~600 MB lighter.
+            let mut endpoint = ListenerConfig::tcp(addr.to_string())
+                .l4_buffer(L4BufferSettings::default().read(L4_READ_BUFFER))
+                .connection_limit(limit.clone());
+            if let Some(store) = certs {
+                let mut settings = match TlsSettings::intermediate("", "") {
+                    Ok(s) => s,
+                    Err(e) => {
+                        eprintln!("error: TLS listener: {e}");
+                        return ExitCode::from(1);
+                    }
+                };
+                settings.set_cert_resolver((*store).clone());
+                // ALPN h2 and http/1.1; TLS 1.2 and 1.3 only (pingora's rustls defaults).
+                settings.enable_h2();
+                endpoint = endpoint.tls(settings);
             }
+            svc.add_listener(endpoint);
         }
-        if certs.is_none() {
+        if let Some(app) = svc.app_logic_mut() {
+            let mut options = HttpServerOptions::default();
             // h2c (HTTP/2 with prior knowledge) beside HTTP/1.1 on plain listeners.
-            if let Some(app) = svc.app_logic_mut() {
-                let mut options = HttpServerOptions::default();
-                options.h2c = true;
-                app.server_options = Some(options);
-            }
+            options.h2c = certs.is_none();
+            options.header_read_timeout = state.edge.header_read_timeout.clone();
+            options.idle_timeout = state.edge.idle_timeout.clone();
+            app.server_options = Some(options);
         }
         svc.endpoints().set_pre_tls_callback(proxy_header.clone());
         server.add_service(svc);
@@ -331,16 +386,35 @@ pub fn run(opts: ProxyOptions, rt: &tokio::runtime::Runtime, state: Arc<State>) 
     server.run_forever()
 }
 
-/// On SIGTERM pingora stops accepting; this exits as soon as in-flight requests are done
-/// (pingora's own grace period, set to the drain timeout, is the upper bound).
-async fn drain_on_sigterm(active: Arc<Active>, drain: Duration) {
-    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-    else {
-        return;
-    };
-    term.recv().await;
+/// When pingora shuts down (SIGTERM; or SIGQUIT, once the listening sockets are handed to
+/// the new process of a binary upgrade and its 5 s of accepting beside it are over), it stops
+/// accepting, closes idle connections and waits its grace period; this exits as soon as no
+/// request is in flight instead (the drain timeout, pingora's grace period, is the upper
+/// bound). The proxy reports not ready from the first signal on.
+async fn drain_on_shutdown(
+    mut phases: tokio::sync::broadcast::Receiver<ExecutionPhase>,
+    state: Arc<State>,
+    active: Arc<Active>,
+    drain: Duration,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match phases.recv().await {
+            Ok(ExecutionPhase::GracefulTerminate) => {
+                log::info!("SIGTERM: stopping");
+                state.set_draining();
+            }
+            Ok(ExecutionPhase::GracefulUpgradeTransferringFds) => {
+                log::info!("SIGQUIT: handing the listening sockets to the new process");
+                state.set_draining();
+            }
+            Ok(ExecutionPhase::ShutdownStarted) => break,
+            Ok(_) | Err(RecvError::Lagged(_)) => {}
+            Err(RecvError::Closed) => return,
+        }
+    }
     log::info!(
-        "SIGTERM: draining {} in-flight request(s), up to {drain:?}",
+        "draining {} in-flight request(s), up to {drain:?}",
         active.get()
     );
     let deadline = Instant::now() + drain;
@@ -364,6 +438,43 @@ async fn drain_on_sigterm(active: Arc<Active>, drain: Duration) {
         active.get()
     );
     std::process::exit(0);
+}
+
+/// `limits.max_connections`, or 3/4 of the open-file limit, after raising that limit's soft
+/// value to its hard one (the rest stays for upstream connections, listeners and files).
+pub fn max_connections(limits: &weir_config::model::Limits) -> usize {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let soft = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(_) => soft,
+        },
+        Ok((soft, _)) => soft,
+        Err(_) => 1024,
+    };
+    match limits.max_connections {
+        Some(n) => n as usize,
+        None => (soft.min(1 << 24) as usize * 3 / 4).max(1),
+    }
+}
+
+/// `<temp dir>/weir-<uid>/upgrade.sock`: one per user, in a directory only they can use.
+pub fn default_upgrade_sock() -> PathBuf {
+    std::env::temp_dir()
+        .join(format!("weir-{}", nix::unistd::getuid()))
+        .join("upgrade.sock")
+}
+
+/// Creates `dir` (and its parents) with mode 0700 if it does not exist.
+fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.exists() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }
 
 /// Re-reads the config file on every SIGHUP; a bad file is logged and changes nothing.

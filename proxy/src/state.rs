@@ -13,8 +13,38 @@ use arc_swap::ArcSwap;
 use weir_config::{compile, Config, ConfigError, ConfigErrors, Endpoint, RouteTable};
 
 use crate::metrics::Metrics;
-use crate::revision::{Revision, Settings};
+use crate::revision::{HeldMemory, Revision, Settings};
 use crate::tls::{self, CertStore};
+
+/// The edge's limits that act outside the route table: the listeners' timeouts (read by
+/// pingora per connection and request), the connection limit, held-request memory.
+#[derive(Default)]
+pub struct Edge {
+    pub header_read_timeout: pingora::apps::LiveTimeout,
+    pub idle_timeout: pingora::apps::LiveTimeout,
+    pub held_memory: Arc<HeldMemory>,
+    /// Set once the listeners are built.
+    pub connections: std::sync::OnceLock<Arc<pingora::listeners::ConnectionLimit>>,
+}
+
+impl Edge {
+    /// Connections are at 95 % of `max_connections` or more: requests that would wait are
+    /// answered 503 at once and responses close their connection, so slots turn over.
+    pub fn connections_near_limit(&self) -> bool {
+        self.connections
+            .get()
+            .is_some_and(|l| l.in_use() * 20 >= l.max() * 19)
+    }
+
+    fn apply(&self, limits: &weir_config::model::Limits) {
+        let timeout = |d: &weir_config::model::Duration| d.get().filter(|t| !t.is_zero());
+        self.header_read_timeout
+            .set(timeout(&limits.header_read_timeout));
+        self.idle_timeout.set(timeout(&limits.idle_timeout));
+        self.held_memory
+            .set_limit(limits.held_memory.get().unwrap_or(u64::MAX));
+    }
+}
 
 /// The certificate stores of the TLS listeners: `https` (external entries) and
 /// `internal_https` (cluster-local entries).
@@ -66,6 +96,8 @@ pub struct State {
     ready: AtomicBool,
     /// Routes come from xDS and its first complete config is not in force yet.
     awaiting_xds: AtomicBool,
+    /// Shutting down (drain): not ready any more, so load balancers stop sending.
+    draining: AtomicBool,
     /// The config file as last loaded: what xDS updates are applied over.
     file: Mutex<Arc<Config>>,
     /// Serialises updates so that generations are applied in order.
@@ -73,6 +105,7 @@ pub struct State {
     changes: tokio::sync::broadcast::Sender<Change>,
     /// The TLS listeners' certificates and the directory their paths are relative to.
     tls: std::sync::OnceLock<(TlsStores, PathBuf)>,
+    pub edge: Edge,
     pub metrics: Arc<Metrics>,
 }
 
@@ -92,10 +125,12 @@ impl State {
             generation: AtomicU64::new(0),
             ready: AtomicBool::new(false),
             awaiting_xds: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             file: Mutex::new(Arc::new(Config::empty())),
             update_lock: Mutex::new(()),
             changes: tokio::sync::broadcast::channel(1024).0,
             tls: std::sync::OnceLock::new(),
+            edge: Edge::default(),
             metrics,
         })
     }
@@ -133,7 +168,14 @@ impl State {
     }
 
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst) && !self.awaiting_xds.load(Ordering::SeqCst)
+        self.ready.load(Ordering::SeqCst)
+            && !self.awaiting_xds.load(Ordering::SeqCst)
+            && !self.draining.load(Ordering::SeqCst)
+    }
+
+    /// The process is shutting down: `/readyz` (and readiness hosts) answer 503 from now on.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
     }
 
     /// The config file as last loaded (at start or on SIGHUP).
@@ -186,11 +228,17 @@ impl State {
             .as_ref()
             .and_then(|a| a.interval.get())
             .unwrap_or(std::time::Duration::from_secs(1));
+        let held_memory = cfg
+            .limits
+            .held_memory_per_revision
+            .get()
+            .unwrap_or(u64::MAX);
         let settings = |spec: &weir_config::RevisionSpec| Settings {
             container_concurrency: spec.container_concurrency,
             timeout: spec.timeout,
             protocol: spec.protocol,
             queue_depth,
+            held_memory,
             poke_interval,
         };
 
@@ -207,6 +255,7 @@ impl State {
                     &spec.name,
                     settings(spec),
                     self.metrics.clone(),
+                    self.edge.held_memory.clone(),
                 ),
             };
             to_update.push((rev.clone(), addrs, unresolved, spec.clone()));
@@ -221,6 +270,7 @@ impl State {
         *registry = next;
         drop(registry);
 
+        self.edge.apply(&cfg.limits);
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         let old = self.current.swap(Arc::new(Snapshot {
             generation,

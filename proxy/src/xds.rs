@@ -75,6 +75,13 @@ pub fn with_xds(base: &Config, x: XdsConfig) -> Config {
         cfg.tls = l.tls;
         cfg.listen.proxy_protocol = l.proxy_protocol;
         cfg.forwarded = l.forwarded;
+        // The connection manager's timeouts, where it sets them (Kourier sets neither).
+        if let Some(t) = l.request_headers_timeout {
+            cfg.limits.header_read_timeout = weir_config::model::Duration::from_std(t);
+        }
+        if let Some(t) = l.idle_timeout {
+            cfg.limits.idle_timeout = weir_config::model::Duration::from_std(t);
+        }
     }
     cfg
 }

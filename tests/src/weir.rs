@@ -50,6 +50,9 @@ pub struct WeirBuilder {
     gateway: Option<GatewayPorts>,
     /// Wait for `GET /readyz` to answer 200 (otherwise only for the listeners).
     wait_ready: bool,
+    /// Bind these (http, internal, admin) addresses instead of free ones: a second process
+    /// taking over the first one's listeners (`--upgrade`).
+    addrs: Option<(SocketAddr, SocketAddr, SocketAddr)>,
 }
 
 impl WeirBuilder {
@@ -95,6 +98,12 @@ impl WeirBuilder {
         self
     }
 
+    /// Bind the same http, internal and admin addresses as `other` (for `--upgrade`).
+    pub fn addresses_of(mut self, other: &Weir) -> Self {
+        self.addrs = Some((other.http, other.internal, other.admin));
+        self
+    }
+
     /// Hand the process out once its listeners accept connections, ready or not (e.g. to
     /// see it answer 503 before its first xDS sync).
     pub fn without_waiting_for_ready(mut self) -> Self {
@@ -123,6 +132,7 @@ impl WeirBuilder {
         let mut dir = Some(dir);
         for attempt in 0..2 {
             let [http, internal, admin, https] = free_addrs::<4>();
+            let (http, internal, admin) = self.addrs.unwrap_or((http, internal, admin));
             let https = self.https.then_some(https);
             let (http, internal, https) = match &self.gateway {
                 Some(g) => (g.http, g.internal, Some(g.https)),
@@ -235,6 +245,7 @@ impl Weir {
             files: Vec::new(),
             gateway: None,
             wait_ready: true,
+            addrs: None,
         }
     }
 

@@ -347,16 +347,23 @@ where
             }
             Err(mut e) => {
                 e.as_down();
-                if matches!(e.etype, InvalidHTTPHeader) {
+                // A malformed head gets 400; one that did not arrive whole in time
+                // (`HttpServerOptions::header_read_timeout`) 408 (Weir patch).
+                let code = match e.etype {
+                    InvalidHTTPHeader => Some(400),
+                    ReadTimedout => Some(408),
+                    _ => None,
+                };
+                if let Some(code) = code {
                     debug!(
                         "Fail to proxy: {e}, downstream session type: {}",
                         downstream_session.session_type()
                     );
                     downstream_session
-                        .respond_error(400)
+                        .respond_error(code)
                         .await
                         .unwrap_or_else(|e| {
-                            error!("failed to send error response to downstream: {e}");
+                            debug!("failed to send error response to downstream: {e}");
                         });
                 } else {
                     // otherwise the connection must be broken, no need to send anything

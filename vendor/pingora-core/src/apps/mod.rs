@@ -89,6 +89,52 @@ pub struct HttpServerOptions {
     ///
     /// Default: `None`
     pub h2_idle_timeout: Option<Duration>,
+
+    /// If set, a request head (HTTP/1) must arrive whole within this duration: for a
+    /// connection's first request counted from accept (which also bounds the h2c preface
+    /// peek and the HTTP/2 handshake), for the next requests on a kept-alive connection from
+    /// their first byte. Past it the client gets 408 (or, when nothing of a request arrived,
+    /// the connection is closed). It can be changed while the server runs; a connection
+    /// takes the value in force when its request starts. (Weir patch.)
+    ///
+    /// Default: none (each read is bounded by the keepalive setting, as before)
+    pub header_read_timeout: LiveTimeout,
+
+    /// If set, a connection with no request in flight is closed after this duration: an
+    /// HTTP/1 kept-alive connection waiting for its next request (any `Duration`, where the
+    /// per-session keepalive setting takes whole seconds and every HTTP/1.1 request resets
+    /// it to infinite), and an HTTP/2 connection with no open stream (with a GOAWAY; this
+    /// applies when `h2_idle_timeout` is not set). Changeable while the server runs, like
+    /// `header_read_timeout`. (Weir patch.)
+    ///
+    /// Default: none
+    pub idle_timeout: LiveTimeout,
+}
+
+/// A timeout that can be changed while the server runs, shared by every clone (Weir
+/// patch). `None` (the default) is no timeout.
+#[derive(Clone, Debug, Default)]
+pub struct LiveTimeout(Arc<std::sync::atomic::AtomicU64>);
+
+impl LiveTimeout {
+    pub fn new(timeout: Option<Duration>) -> Self {
+        let t = LiveTimeout::default();
+        t.set(timeout);
+        t
+    }
+
+    pub fn set(&self, timeout: Option<Duration>) {
+        // 0 stands for none: a zero timeout is no timeout here.
+        let nanos = timeout.map_or(0, |t| u64::try_from(t.as_nanos()).unwrap_or(u64::MAX));
+        self.0.store(nanos, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> Option<Duration> {
+        match self.0.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            n => Some(Duration::from_nanos(n)),
+        }
+    }
 }
 
 /// Settings persisted across HTTP/1.x keepalive requests on the same downstream connection.
@@ -268,6 +314,22 @@ where
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let mut h2c = self.server_options().as_ref().map_or(false, |o| o.h2c);
+        let header_timeout = self
+            .server_options()
+            .and_then(|o| o.header_read_timeout.get());
+        let idle_timeout = self.server_options().and_then(|o| o.idle_timeout.get());
+        // A connection's first request head is due `header_timeout` after accept.
+        let first_deadline = header_timeout.map(|t| {
+            let since_accept = stream
+                .get_timing_digest()
+                .first()
+                .cloned()
+                .flatten()
+                .and_then(|d| d.established_ts.elapsed().ok())
+                .unwrap_or_default();
+            std::time::Instant::now() + t.saturating_sub(since_accept)
+        });
+        let left = || first_deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
         let custom = self
             .server_options()
             .as_ref()
@@ -281,15 +343,24 @@ where
         // try to read h2 preface
         else if h2c && !custom {
             let mut buf = [0u8; H2_PREFACE.len()];
-            let peeked = stream
-                .try_peek(&mut buf)
-                .await
-                .map_err(|e| {
-                    // this error is normal when h1 reuse and close the connection
-                    debug!("Read error while peeking h2c preface {e}");
-                    e
-                })
-                .ok()?;
+            let peek = stream.try_peek(&mut buf);
+            let peeked = match left() {
+                // A client that sends nothing (or half a preface) is not held forever.
+                Some(t) => match pingora_timeout::timeout(t, peek).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        debug!("no request within the header read timeout");
+                        return None;
+                    }
+                },
+                None => peek.await,
+            }
+            .map_err(|e| {
+                // this error is normal when h1 reuse and close the connection
+                debug!("Read error while peeking h2c preface {e}");
+                e
+            })
+            .ok()?;
             // not all streams support peeking
             if peeked {
                 // turn off h2c (use h1) if h2 preface doesn't exist
@@ -307,7 +378,18 @@ where
             });
 
             let h2_options = self.h2_options();
-            let h2_conn = match server::handshake(stream, h2_options).await {
+            let handshake = server::handshake(stream, h2_options);
+            let handshake = match left() {
+                Some(t) => match pingora_timeout::timeout(t, handshake).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        debug!("H2 handshake not done within the header read timeout");
+                        return None;
+                    }
+                },
+                None => handshake.await,
+            };
+            let h2_conn = match handshake {
                 Err(e) => {
                     error!("H2 handshake error {e}");
                     return None;
@@ -320,7 +402,10 @@ where
             // the same code path is exercised by tests in `protocols::http::v2`.
             let app = self.clone();
             let shutdown_for_session = shutdown.clone();
-            let h2_idle_timeout = self.server_options().and_then(|o| o.h2_idle_timeout);
+            let h2_idle_timeout = self
+                .server_options()
+                .and_then(|o| o.h2_idle_timeout)
+                .or(idle_timeout);
             server::accept_downstream_sessions(
                 h2_conn,
                 digest,
@@ -356,6 +441,8 @@ where
                 self.server_options()
                     .and_then(|opts| opts.keepalive_request_limit),
             );
+            session.set_header_read_timeout(header_timeout);
+            session.set_header_read_deadline(first_deadline);
 
             let mut result = self.process_new_http(session, shutdown).await;
             while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {
@@ -363,6 +450,13 @@ where
                 if let Some(persistent_settings) = persistent_settings {
                     persistent_settings.apply_to_session(&mut session);
                 }
+                // The next head: idle up to `idle_timeout`, then whole within
+                // `header_timeout` of its first byte (the values in force now).
+                let options = self.server_options();
+                session.set_header_read_timeout(
+                    options.and_then(|o| o.header_read_timeout.get()),
+                );
+                session.set_idle_timeout(options.and_then(|o| o.idle_timeout.get()));
 
                 result = self.process_new_http(session, shutdown).await;
             }

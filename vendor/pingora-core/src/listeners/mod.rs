@@ -80,7 +80,7 @@ use crate::protocols::{l4::socket::SocketAddr, tls::TlsRef, Stream};
 use crate::server::ListenFds;
 
 use async_trait::async_trait;
-use pingora_error::Result;
+use pingora_error::{ErrorType::AcceptError, OrErr, Result};
 use std::{any::Any, fs::Permissions, sync::Arc};
 
 use l4::{ListenerEndpoint, Stream as L4Stream};
@@ -165,6 +165,7 @@ struct TransportStackBuilder {
     l4: ServerAddress,
     tls: Option<TlsSettings>,
     l4_buffer: L4BufferSettings,
+    connection_limit: Option<Arc<ConnectionLimit>>,
     #[cfg(feature = "connection_filter")]
     connection_filter: Option<Arc<dyn ConnectionFilter>>,
     pre_tls_callback: Option<PreTlsCallback>,
@@ -195,6 +196,7 @@ impl TransportStackBuilder {
             tls: self.tls.take().map(|tls| Arc::new(tls.build())),
             l4_buffer: self.l4_buffer,
             pre_tls_callback: self.pre_tls_callback.clone(),
+            connection_limit: self.connection_limit.clone(),
         })
     }
 }
@@ -208,6 +210,60 @@ pub struct ListenerConfig {
     l4: ServerAddress,
     tls: Option<TlsSettings>,
     l4_buffer: L4BufferSettings,
+    connection_limit: Option<Arc<ConnectionLimit>>,
+}
+
+/// A cap on the connections that endpoints hold open at once (Weir patch). An endpoint with
+/// a limit takes one slot before each `accept()` and its connection gives it back when it
+/// ends; while no slot is free the endpoint does not call `accept()`, so new connections wait
+/// in the kernel's listen backlog instead of being accepted and dropped. One limit can be
+/// shared by the endpoints of several services. Each endpoint waiting in `accept()` holds one
+/// slot meanwhile, so an endpoint reaches the limit less the number of other endpoints
+/// waiting in `accept()`.
+#[derive(Debug)]
+pub struct ConnectionLimit {
+    slots: Arc<tokio::sync::Semaphore>,
+    max: usize,
+    waited: std::sync::atomic::AtomicU64,
+}
+
+impl ConnectionLimit {
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(ConnectionLimit {
+            slots: Arc::new(tokio::sync::Semaphore::new(max)),
+            max,
+            waited: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    /// The limit.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Slots taken: open connections, plus one per endpoint waiting in `accept()`.
+    pub fn in_use(&self) -> usize {
+        self.max - self.slots.available_permits()
+    }
+
+    /// How many times an endpoint found no free slot and stopped accepting until one was
+    /// given back.
+    pub fn waited(&self) -> u64 {
+        self.waited.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    async fn acquire(&self) -> Result<tokio::sync::OwnedSemaphorePermit> {
+        if let Ok(p) = self.slots.clone().try_acquire_owned() {
+            return Ok(p);
+        }
+        self.waited
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.slots
+            .clone()
+            .acquire_owned()
+            .await
+            .or_err(AcceptError, "connection limit closed")
+    }
 }
 
 impl ListenerConfig {
@@ -217,6 +273,7 @@ impl ListenerConfig {
             l4: ServerAddress::Tcp(addr.into(), None),
             tls: None,
             l4_buffer: L4BufferSettings::default(),
+            connection_limit: None,
         }
     }
 
@@ -227,6 +284,7 @@ impl ListenerConfig {
             l4: ServerAddress::Uds(addr.into(), None),
             tls: None,
             l4_buffer: L4BufferSettings::default(),
+            connection_limit: None,
         }
     }
 
@@ -275,6 +333,12 @@ impl ListenerConfig {
         self.l4_buffer = settings;
         self
     }
+
+    /// Cap the connections this endpoint holds open (see [`ConnectionLimit`]).
+    pub fn connection_limit(mut self, limit: Arc<ConnectionLimit>) -> Self {
+        self.connection_limit = Some(limit);
+        self
+    }
 }
 
 #[derive(Clone)]
@@ -283,6 +347,7 @@ pub(crate) struct TransportStack {
     tls: Option<Arc<Acceptor>>,
     l4_buffer: L4BufferSettings,
     pre_tls_callback: Option<PreTlsCallback>,
+    connection_limit: Option<Arc<ConnectionLimit>>,
 }
 
 impl TransportStack {
@@ -291,12 +356,18 @@ impl TransportStack {
     }
 
     pub async fn accept(&self) -> Result<UninitializedStream> {
+        // A slot first: at the limit, connections stay in the listen backlog.
+        let permit = match &self.connection_limit {
+            Some(limit) => Some(limit.acquire().await?),
+            None => None,
+        };
         let stream = self.l4.accept().await?;
         Ok(UninitializedStream {
             l4: stream,
             tls: self.tls.clone(),
             l4_buffer: self.l4_buffer,
             pre_tls_callback: self.pre_tls_callback.clone(),
+            permit,
         })
     }
 
@@ -310,9 +381,16 @@ pub(crate) struct UninitializedStream {
     tls: Option<Arc<Acceptor>>,
     l4_buffer: L4BufferSettings,
     pre_tls_callback: Option<PreTlsCallback>,
+    /// The connection's slot of its endpoint's [`ConnectionLimit`].
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl UninitializedStream {
+    /// The connection's slot of its [`ConnectionLimit`]: hold it for the connection's life.
+    pub fn take_permit(&mut self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.permit.take()
+    }
+
     pub async fn handshake(mut self) -> Result<Stream> {
         self.l4.set_buffer(self.l4_buffer);
         // Process pre-TLS data if a callback is configured (e.g., PROXY protocol). Plain
@@ -451,11 +529,17 @@ impl Listeners {
 
     /// Add the given listener endpoint to `self`.
     pub fn add_listener(&mut self, endpoint: ListenerConfig) {
-        let ListenerConfig { l4, tls, l4_buffer } = endpoint;
+        let ListenerConfig {
+            l4,
+            tls,
+            l4_buffer,
+            connection_limit,
+        } = endpoint;
         self.stacks.push(TransportStackBuilder {
             l4,
             tls,
             l4_buffer,
+            connection_limit,
             #[cfg(feature = "connection_filter")]
             connection_filter: self.connection_filter.clone(),
             pre_tls_callback: self.pre_tls_callback.clone(),
@@ -497,6 +581,7 @@ impl Listeners {
             l4,
             tls,
             l4_buffer: L4BufferSettings::default(),
+            connection_limit: None,
             #[cfg(feature = "connection_filter")]
             connection_filter: self.connection_filter.clone(),
             pre_tls_callback: self.pre_tls_callback.clone(),

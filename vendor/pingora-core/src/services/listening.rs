@@ -226,10 +226,14 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                 }
             };
             match new_io {
-                Ok(io) => {
+                Ok(mut io) => {
                     let app = app_logic.clone();
                     let shutdown = shutdown.clone();
+                    let permit = io.take_permit();
                     current_handle().spawn(async move {
+                        // The connection's slot of a connection limit, given back when the
+                        // connection ends.
+                        let _permit = permit;
                         let peer_addr = io.peer_addr();
                         match timeout(Duration::from_secs(60), io.handshake()).await {
                             Ok(handshake) => {

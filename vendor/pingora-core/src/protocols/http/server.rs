@@ -341,6 +341,28 @@ impl Session {
         }
     }
 
+    /// Bound reading a request head as a whole (HTTP/1 only); see
+    /// [`v1::server::HttpSession::set_header_read_timeout`].
+    pub fn set_header_read_timeout(&mut self, timeout: Option<Duration>) {
+        if let Self::H1(s) = self {
+            s.set_header_read_timeout(timeout);
+        }
+    }
+
+    /// The instant the next request head must be complete by (HTTP/1 only).
+    pub fn set_header_read_deadline(&mut self, deadline: Option<std::time::Instant>) {
+        if let Self::H1(s) = self {
+            s.set_header_read_deadline(deadline);
+        }
+    }
+
+    /// Bound waiting for the next request on a kept-alive connection (HTTP/1 only).
+    pub fn set_idle_timeout(&mut self, timeout: Option<Duration>) {
+        if let Self::H1(s) = self {
+            s.set_idle_timeout(timeout);
+        }
+    }
+
     /// Get the number of times the upstream connection connection for this
     /// session can be reused via keepalive. Not applicable for h2 or
     /// subrequest

@@ -29,7 +29,7 @@ use pingora_timeout::timeout;
 use regex::bytes::Regex;
 use std::any::Any;
 use std::collections::VecDeque;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::body::{BodyReader, BodyWriter};
@@ -102,6 +102,14 @@ pub struct HttpSession {
     /// timeouts:
     keepalive_timeout: KeepaliveStatus,
     read_timeout: Option<Duration>,
+    /// Bound on reading one request head as a whole (Weir patch: `header_read_timeout`).
+    header_read_timeout: Option<Duration>,
+    /// When the head being read must be complete: set from `header_read_timeout` once its
+    /// first bytes arrive, or earlier by the caller (a connection's first request: accept).
+    header_read_deadline: Option<Instant>,
+    /// Bound on waiting for the first byte of a request on a kept-alive connection (Weir
+    /// patch: any `Duration`, where the keepalive setting takes whole seconds).
+    idle_timeout: Option<Duration>,
     write_timeout: Option<Duration>,
     /// How long to wait to make downstream session reusable, if body needs to be drained.
     total_drain_timeout: Option<Duration>,
@@ -187,6 +195,9 @@ impl HttpSession {
             response_written: None,
             request_header: None,
             read_timeout: Some(Duration::from_secs(60)),
+            header_read_timeout: None,
+            header_read_deadline: None,
+            idle_timeout: None,
             write_timeout: None,
             total_drain_timeout: None,
             body_bytes_sent: 0,
@@ -214,8 +225,41 @@ impl HttpSession {
         buf: &mut BytesMut,
         already_read: usize,
     ) -> Result<Option<usize>> {
+        if already_read > 0 && self.header_read_deadline.is_none() {
+            // The first bytes of this head are in: its clock starts now.
+            self.header_read_deadline = self.header_read_timeout.map(|t| Instant::now() + t);
+        }
         let read_result = {
             let read_event = self.underlying_stream.read_buf(buf);
+            if let Some(deadline) = self.header_read_deadline {
+                match timeout(deadline.saturating_duration_since(Instant::now()), read_event).await
+                {
+                    Ok(res) => res,
+                    // Nothing of a request arrived in time: close, as on a keepalive timeout.
+                    Err(_) if already_read == 0 => return Ok(None),
+                    Err(_) => {
+                        return Error::e_explain(
+                            ReadTimedout,
+                            format!(
+                                "request head not complete within {:?}",
+                                self.header_read_timeout.unwrap_or_default()
+                            ),
+                        )
+                    }
+                }
+            } else if let (Some(idle), 0, false) = (
+                self.idle_timeout,
+                already_read,
+                matches!(self.keepalive_timeout, KeepaliveStatus::Off),
+            ) {
+                match timeout(idle, read_event).await {
+                    Ok(res) => res,
+                    Err(_) => {
+                        debug!("idle timeout {idle:?} reached");
+                        return Ok(None);
+                    }
+                }
+            } else {
             match self.keepalive_timeout {
                 KeepaliveStatus::Timeout(d) => match timeout(d, read_event).await {
                     Ok(res) => res,
@@ -238,6 +282,7 @@ impl HttpSession {
                     },
                     None => read_event.await,
                 },
+            }
             }
         };
 
@@ -722,6 +767,25 @@ impl HttpSession {
             KeepaliveStatus::Infinite => Some(0),
             KeepaliveStatus::Off => None,
         }
+    }
+
+    /// Bound reading a request head as a whole: `timeout` from its first byte, or from the
+    /// deadline set by [`Self::set_header_read_deadline`]. Past it, reading fails with
+    /// `ReadTimedout` (or returns `None` when nothing of the request arrived).
+    pub fn set_header_read_timeout(&mut self, timeout: Option<Duration>) {
+        self.header_read_timeout = timeout;
+    }
+
+    /// The instant the next request head must be complete by (a connection's first request:
+    /// counted from accept, so that waiting for the first byte is bounded too).
+    pub fn set_header_read_deadline(&mut self, deadline: Option<Instant>) {
+        self.header_read_deadline = deadline;
+    }
+
+    /// Bound waiting for the first byte of a request on a kept-alive connection; `None`: the
+    /// keepalive setting decides.
+    pub fn set_idle_timeout(&mut self, timeout: Option<Duration>) {
+        self.idle_timeout = timeout;
     }
 
     pub fn set_keepalive_reuses_remaining(&mut self, remaining: Option<u32>) {

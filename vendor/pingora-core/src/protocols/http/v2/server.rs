@@ -140,18 +140,25 @@ pub(crate) async fn accept_downstream_sessions<F>(
     F: FnMut(HttpSession, StreamGuard),
 {
     let mut shutdown_initiated = false;
+    // Closing because the connection was idle (Weir patch): a GOAWAY was sent.
+    let mut idle_goaway = false;
     // Per-connection budget for malformed streams (see MAX_MALFORMED_STREAMS_PER_CONN).
     let mut malformed_streams = 0usize;
     // In-flight sessions, decremented by the `StreamGuard` given to `on_session`.
     let active = Arc::new(ActiveSessions::new());
     loop {
         let h2_stream = if shutdown_initiated {
-            HttpSession::from_h2_conn_with_malformed_budget(
+            let next = HttpSession::from_h2_conn_with_malformed_budget(
                 &mut conn,
                 digest.clone(),
                 &mut malformed_streams,
-            )
-            .await
+            );
+            tokio::select! {
+                r = next => r,
+                // After an idle GOAWAY, a peer that never completes the close is given up
+                // on once nothing is in flight (a stream that raced the GOAWAY is served).
+                _ = wait_for_idle_timeout(&active, IDLE_GOAWAY_LINGER), if idle_goaway => return,
+            }
         } else {
             tokio::select! {
                 // Poll the shutdown signal first so a concurrent signal is
@@ -172,10 +179,14 @@ pub(crate) async fn accept_downstream_sessions<F>(
                 // waits for all active streams to finish before starting a fresh
                 // idle period.
                 _ = wait_for_idle_timeout(&active, idle_timeout.unwrap_or_default()), if idle_timeout.is_some() => {
-                    // Idle with nothing in flight: drop `conn` to close the
-                    // socket now (no graceful GOAWAY wait that could hang on
-                    // a dead peer).
-                    return;
+                    // Idle with nothing in flight: tell the client with a GOAWAY, as
+                    // HTTP/2 asks (RFC 9113 section 9.1), so it does not send on a
+                    // connection about to close; the linger above bounds the wait for a
+                    // dead peer. (Weir patch: upstream drops the connection at once.)
+                    conn.graceful_shutdown();
+                    shutdown_initiated = true;
+                    idle_goaway = true;
+                    continue;
                 }
             }
         };
@@ -237,6 +248,9 @@ impl ActiveSessions {
         }
     }
 }
+
+/// How long an idle connection that was sent a GOAWAY is kept for its peer to close it.
+const IDLE_GOAWAY_LINGER: Duration = Duration::from_secs(1);
 
 async fn wait_for_idle_timeout(active: &ActiveSessions, idle_timeout: Duration) {
     active.wait_until_idle().await;
