@@ -21,6 +21,7 @@
 pub mod error;
 pub mod hosts;
 pub mod model;
+pub mod request;
 pub mod split;
 pub mod table;
 pub mod validate;

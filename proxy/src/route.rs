@@ -19,7 +19,7 @@ use pingora::prelude::*;
 use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora::proxy::FailToProxy;
 use weir_config::model::Protocol;
-use weir_config::{AffinityMode, Listener};
+use weir_config::Listener;
 
 use crate::revision::{HoldError, Revision, Slot};
 use crate::state::State;
@@ -32,7 +32,6 @@ const HELD_BODY_LIMIT: usize = 64 * 1024;
 /// Attempts to connect, in all, before answering 502.
 const MAX_CONNECT_ATTEMPTS: usize = 3;
 
-static TAG_HEADER: HeaderName = HeaderName::from_static("knative-serving-tag");
 static XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
 static XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static PROXY_HEADER: HeaderName = HeaderName::from_static("k-proxy-request");
@@ -128,30 +127,12 @@ impl Drop for StatsGuard {
     }
 }
 
-/// What cookie affinity needs between routing and the response.
+/// What cookie affinity needs between routing and the response: the decision's, and the
+/// endpoint the request went to.
 struct Sticky {
-    cookie: Box<str>,
-    max_age_secs: u64,
-    instance: bool,
-    /// The endpoint the cookie remembers (instance affinity).
-    preferred: Option<SocketAddr>,
-    /// Set a new cookie on the response.
-    must_set: bool,
+    decided: weir_config::request::Sticky,
     revision: Arc<str>,
     endpoint: Option<SocketAddr>,
-}
-
-/// The value of cookie `name` in the request's `Cookie` headers.
-fn cookie_value<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a [u8]> {
-    req.headers
-        .get_all(header::COOKIE)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
-        .find_map(|pair| {
-            let pair = pair.trim_ascii();
-            let eq = pair.iter().position(|&b| b == b'=')?;
-            (pair[..eq].trim_ascii() == name.as_bytes()).then(|| pair[eq + 1..].trim_ascii())
-        })
 }
 
 /// What routing decided, before any response is written.
@@ -166,107 +147,25 @@ enum Decision {
 }
 
 impl WeirProxy {
+    /// The routing decision (`weir_config::request::decide`) and what it means here: the
+    /// revision's run-time state, Knative's probe, the request's accounting.
     fn route(&self, req: &RequestHeader, ctx: &mut Ctx) -> Decision {
+        use weir_config::request::{self, Decision as Decided};
         let snap = self.state.load();
-        if let Some((code, why)) = malformed(req, &snap.config.limits) {
+        if let Some((code, why)) = request::refused(req, &snap.config.limits) {
             return Decision::Respond(code, why.into());
         }
-        let host = match req.headers.get(header::HOST) {
-            Some(h) => h.as_bytes(),
-            None => match req.uri.authority() {
-                Some(a) => a.as_str().as_bytes(),
-                None => return Decision::Respond(400, "missing Host header\n".into()),
-            },
-        };
-        let route = match snap.table.lookup(host, self.listener) {
-            Ok(Some(r)) => r,
-            Ok(None) => {
-                return Decision::Respond(
-                    404,
-                    format!("no route for host \"{}\"\n", String::from_utf8_lossy(host)),
-                )
+        let https = self.scheme.as_bytes() == b"https";
+        let routed = match request::decide(req, &snap.table, self.listener, https) {
+            Decided::Route(r) => r,
+            Decided::Respond(code, body) => return Decision::Respond(code, body),
+            Decided::Redirect(url) => return Decision::Redirect(url),
+            Decided::Readiness if self.state.is_ready() => {
+                return Decision::Respond(200, "ready\n".into())
             }
-            Err(_) => return Decision::Respond(400, "invalid Host header\n".into()),
+            Decided::Readiness => return Decision::Respond(503, "no config in force yet\n".into()),
         };
-        if let Some(ready_path) = &route.readiness {
-            return if req.uri.path().starts_with(&**ready_path) {
-                if self.state.is_ready() {
-                    Decision::Respond(200, "ready\n".into())
-                } else {
-                    Decision::Respond(503, "no config in force yet\n".into())
-                }
-            } else {
-                Decision::Respond(
-                    404,
-                    format!("no route for host \"{}\"\n", String::from_utf8_lossy(host)),
-                )
-            };
-        }
-        if route.redirect_https && self.scheme.as_bytes() == b"http" {
-            let mut buf = [0u8; weir_config::table::MAX_HOST_LEN];
-            let name = weir_config::normalize_host(host, &mut buf).unwrap_or_default();
-            let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
-            return Decision::Redirect(format!("https://{name}{target}"));
-        }
-        let path = req.uri.path().as_bytes();
-        let Some(rule) = route.route(path, |n| req.headers.get(n).map(HeaderValue::as_bytes))
-        else {
-            return Decision::Respond(
-                404,
-                format!("no route for host \"{}\"\n", String::from_utf8_lossy(host)),
-            );
-        };
-        let by_tag = if route.tags.is_empty() {
-            None
-        } else {
-            // Knative: a missing, empty or unknown tag falls through to the split.
-            req.headers
-                .get(&TAG_HEADER)
-                .map(HeaderValue::as_bytes)
-                .filter(|t| !t.is_empty())
-                .and_then(|t| route.tag_target(t))
-        };
-        let target = match by_tag {
-            Some(t) => t,
-            None => match &rule.affinity {
-                None => rule.split.pick(),
-                Some(AffinityMode::Header(name)) => match req.headers.get(name) {
-                    Some(key) if !key.is_empty() => rule.split.pick_by_key(key.as_bytes()),
-                    _ => rule.split.pick(),
-                },
-                Some(AffinityMode::Cookie {
-                    name,
-                    max_age_secs,
-                    instance,
-                }) => {
-                    let cookie = cookie_value(req, name);
-                    let (rev_part, endpoint_part) = match cookie {
-                        Some(v) => match v.iter().position(|&b| b == b'/') {
-                            Some(i) => (Some(&v[..i]), Some(&v[i + 1..])),
-                            None => (Some(v), None),
-                        },
-                        None => (None, None),
-                    };
-                    // A cookie naming a revision outside the split (or at 0 percent) is
-                    // ignored and replaced: it can never route anywhere the split does not.
-                    let remembered = rev_part.and_then(|r| rule.split.live_target(r));
-                    let target = remembered.unwrap_or_else(|| rule.split.pick());
-                    ctx.sticky = Some(Box::new(Sticky {
-                        cookie: name.clone(),
-                        max_age_secs: *max_age_secs,
-                        instance: *instance,
-                        preferred: endpoint_part
-                            .filter(|_| remembered.is_some())
-                            .and_then(|e| std::str::from_utf8(e).ok())
-                            .and_then(|e| e.parse().ok()),
-                        must_set: remembered.is_none(),
-                        revision: target.name.clone(),
-                        endpoint: None,
-                    }));
-                    target
-                }
-            },
-        };
+        let (rule, target) = (routed.rule, routed.target);
         let Some(rev) = snap.revisions.get(target.revision.0 as usize) else {
             return Decision::Respond(500, "internal routing error\n".into());
         };
@@ -311,6 +210,13 @@ impl WeirProxy {
             ctx.post_headers = Some(target.append_headers.clone());
         }
         ctx.rewrite_host = rule.rewrite_host.clone();
+        ctx.sticky = routed.sticky.map(|decided| {
+            Box::new(Sticky {
+                decided,
+                revision: target.name.clone(),
+                endpoint: None,
+            })
+        });
         Decision::Proxy
     }
 
@@ -329,8 +235,8 @@ impl WeirProxy {
         if let Some(addr) = ctx
             .sticky
             .as_ref()
-            .filter(|s| s.instance && n == 0)
-            .and_then(|s| s.preferred)
+            .filter(|s| s.decided.instance && n == 0)
+            .and_then(|s| s.decided.preferred)
         {
             if let Some(slot) = rev.try_acquire_at(addr) {
                 return Ok(slot);
@@ -442,7 +348,10 @@ impl ProxyHttp for WeirProxy {
             .req_header()
             .headers
             .contains_key(header::TRANSFER_ENCODING)
-            && sent_content_length(session)
+            && session
+                .as_downstream()
+                .as_http1()
+                .is_some_and(|h1| weir_config::request::smuggling(&h1.get_headers_raw_bytes()))
         {
             // pingora drops Content-Length when Transfer-Encoding is present (RFC 9112 6.3);
             // a request that carried both is a smuggling attempt and is refused outright.
@@ -484,9 +393,9 @@ impl ProxyHttp for WeirProxy {
             }
         };
         let addr = slot.addr();
-        if let Some(sticky) = ctx.sticky.as_mut().filter(|s| s.instance) {
-            if sticky.preferred != Some(addr) {
-                sticky.must_set = true;
+        if let Some(sticky) = ctx.sticky.as_mut().filter(|s| s.decided.instance) {
+            if sticky.decided.preferred != Some(addr) {
+                sticky.decided.must_set = true;
             }
             sticky.endpoint = Some(addr);
         }
@@ -564,14 +473,15 @@ impl ProxyHttp for WeirProxy {
             // waiting in the backlog get in (Envoy's overload action "disable keepalive").
             session.set_keepalive(None);
         }
-        if let Some(sticky) = ctx.sticky.as_ref().filter(|s| s.must_set) {
-            let value = match sticky.endpoint.filter(|_| sticky.instance) {
+        if let Some(sticky) = ctx.sticky.as_ref().filter(|s| s.decided.must_set) {
+            let d = &sticky.decided;
+            let value = match sticky.endpoint.filter(|_| d.instance) {
                 Some(ep) => format!("{}/{ep}", sticky.revision),
                 None => sticky.revision.to_string(),
             };
             let cookie = format!(
                 "{}={value}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax",
-                sticky.cookie, sticky.max_age_secs
+                d.cookie, d.max_age_secs
             );
             resp.append_header(header::SET_COOKIE, cookie)?;
         }
@@ -703,37 +613,6 @@ fn failure_code(f: Failure) -> u16 {
         Failure::ClientGone => 499,
         Failure::Overloaded(_) => 503,
     }
-}
-
-/// Requests pingora's parser lets through but that must never reach a backend: header
-/// sections over `limits.max_request_headers_size` or with more than
-/// `limits.max_request_headers` fields (431). (A request with both `Content-Length` and
-/// `Transfer-Encoding` is refused in `request_filter`, from the raw bytes: pingora drops
-/// `Content-Length` before any hook sees the parsed head.)
-fn malformed(
-    req: &RequestHeader,
-    limits: &weir_config::model::Limits,
-) -> Option<(u16, &'static str)> {
-    let h = &req.headers;
-    if h.len() > limits.max_request_headers as usize {
-        return Some((431, "too many request header fields\n"));
-    }
-    let max = limits.max_request_headers_size.get().unwrap_or(u64::MAX) as usize;
-    let size: usize = h.iter().map(|(n, v)| n.as_str().len() + v.len()).sum();
-    if size > max {
-        return Some((431, "request header fields too large\n"));
-    }
-    None
-}
-
-/// Whether the client's raw HTTP/1 header section had a `Content-Length` line.
-fn sent_content_length(session: &Session) -> bool {
-    let Some(h1) = session.as_downstream().as_http1() else {
-        return false;
-    };
-    h1.get_headers_raw_bytes()
-        .split(|&b| b == b'\n')
-        .any(|line| line.len() > 15 && line[..15].eq_ignore_ascii_case(b"content-length:"))
 }
 
 /// `X-Forwarded-For` with the client's address appended.

@@ -418,13 +418,14 @@ async fn drain_on_shutdown(
         active.get()
     );
     let deadline = Instant::now() + drain;
-    // Quiet for a few checks in a row, so a request accepted just before the listener closed
-    // has had time to show up as active.
+    // Quiet for a while, so a request accepted just before the listener closed (pingora
+    // waits up to 500 ms for a request on its way once shutting down) has had time to show
+    // up as active.
     let mut quiet = 0;
     while Instant::now() < deadline {
         if active.get() == 0 {
             quiet += 1;
-            if quiet >= 4 {
+            if quiet >= 12 {
                 log::info!("drained; exiting");
                 std::process::exit(0);
             }

@@ -78,6 +78,10 @@ use pingora_core::server::{RuntimeOpts, ShutdownWatch};
 use pingora_core::upstreams::peer::{HttpPeer, Peer};
 use pingora_error::{Error, ErrorSource, ErrorType::*, OrErr, Result};
 
+/// How long a connection may still take to deliver its request once the service is shutting
+/// down (Weir patch).
+const SHUTDOWN_READ_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
 const TASK_BUFFER_SIZE: usize = 4;
 
 /// Caps per-proxy padding and one-time shutdown fan-out on very large hosts.
@@ -329,12 +333,24 @@ where
     {
         // phase 1 read request header
 
-        let res = tokio::select! {
-            biased; // biased select is cheaper, and we don't want to drop already buffered requests
-            res = downstream_session.read_request() => { res }
-            _ = self.await_shutdown() => {
-                // service shutting down, dropping the connection to stop more req from coming in
-                return None;
+        let res = {
+            let read = downstream_session.read_request();
+            tokio::pin!(read);
+            tokio::select! {
+                biased; // biased select is cheaper, and we don't want to drop already buffered requests
+                res = &mut read => { res }
+                _ = self.await_shutdown() => {
+                    // Service shutting down: stop more requests from coming in. But a request
+                    // already on its way (a connection accepted just before, a client that sent
+                    // on a kept-alive connection as the shutdown began) still arrives and is
+                    // served, with keepalive off; only a connection that stays idle is dropped.
+                    // The same read goes on, so nothing already read is lost. (Weir patch:
+                    // upstream drops the connection at once, resetting such a request.)
+                    match tokio::time::timeout(SHUTDOWN_READ_GRACE, &mut read).await {
+                        Ok(res) => res,
+                        Err(_) => return None,
+                    }
+                }
             }
         };
         match res {
