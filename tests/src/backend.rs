@@ -89,7 +89,29 @@ pub struct Backend {
 
 impl Backend {
     pub fn start(name: &str) -> Backend {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a backend");
+        Backend::serve(
+            name,
+            std::net::TcpListener::bind("127.0.0.1:0").expect("bind a backend"),
+        )
+    }
+
+    /// Starts one on `addr` again (a backend that was killed and comes back), waiting up to
+    /// 5 s for the port to be free.
+    pub fn start_at(name: &str, addr: SocketAddr) -> Backend {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match std::net::TcpListener::bind(addr) {
+                Ok(l) => return Backend::serve(name, l),
+                Err(e) if std::time::Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("rebind a backend on {addr}: {e}"),
+            }
+        }
+    }
+
+    fn serve(name: &str, listener: std::net::TcpListener) -> Backend {
         listener.set_nonblocking(true).expect("set_nonblocking");
         let addr = listener.local_addr().expect("local_addr");
         let name: Arc<str> = Arc::from(name);

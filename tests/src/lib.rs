@@ -13,6 +13,7 @@
 //!   and HTTP/1.1 or HTTP/2 (TLS or h2c) connections.
 
 pub mod admin;
+pub mod autoscaler;
 pub mod backend;
 pub mod client;
 pub mod control;

@@ -1,69 +1,24 @@
 //! Concurrency reports to the autoscaler (CONTRACT.md §6; KNATIVE.md, "Stat protocol"), the
 //! metrics of §5 and `GET /v1/stats` (§4).
 //!
-//! A test autoscaler ([`StatServer`]) is a WebSocket server on 127.0.0.1 that records every
-//! binary frame with the instant it arrived, decoded with Knative's `stat.proto` written here
-//! (module [`knative`]), not with the proxy's own types. The proxy reports every
+//! A test autoscaler (`weir_tests::autoscaler::StatServer`) is a WebSocket server on
+//! 127.0.0.1 that records every binary frame with the instant it arrived, decoded with
+//! Knative's `stat.proto` written in the harness, not with the proxy's own types. The proxy reports every
 //! `autoscaler.interval` (1 s here) on ticks of its own; the tests align themselves to those
 //! ticks by waiting for a report frame and acting right after it arrives, so that what they
 //! send falls in the window the next periodic frame reports. Waiting for the next frame is
 //! the only time-based wait (the protocol itself is time-based); everything else waits on
 //! observable state with a deadline.
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use prometheus_parse::{LineInfo, Scrape, Value as PromValue};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_tungstenite::tungstenite::Message;
 use weir_tests::{eventually, get, new_client, send, weir_bin, Backend, Response, Weir};
 
-/// Knative's `stat.proto` (serving pkg/autoscaler/metrics), field numbers as in KNATIVE.md.
-/// Written for the test on purpose: a field number the proxy got wrong decodes as a default
-/// value here and fails an assertion.
-mod knative {
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Stat {
-        #[prost(string, tag = "1")]
-        pub pod_name: String,
-        #[prost(double, tag = "2")]
-        pub average_concurrent_requests: f64,
-        #[prost(double, tag = "3")]
-        pub average_proxied_concurrent_requests: f64,
-        #[prost(double, tag = "4")]
-        pub request_count: f64,
-        #[prost(double, tag = "5")]
-        pub proxied_request_count: f64,
-        #[prost(double, tag = "6")]
-        pub process_uptime: f64,
-        #[prost(int64, tag = "7")]
-        pub timestamp: i64,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct WireStatMessage {
-        #[prost(string, tag = "1")]
-        pub namespace: String,
-        #[prost(string, tag = "2")]
-        pub name: String,
-        #[prost(message, optional, tag = "3")]
-        pub stat: Option<Stat>,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct WireStatMessages {
-        #[prost(message, repeated, tag = "1")]
-        pub messages: Vec<WireStatMessage>,
-    }
-}
-
-use knative::{Stat, WireStatMessages};
+use weir_tests::autoscaler::{is_poke, Frame, Stat, StatServer};
 
 const NS: &str = "default";
 const NODE: &str = "test-node";
@@ -106,228 +61,22 @@ fn start(config: &Value) -> Weir {
         .start()
 }
 
-// === the test autoscaler ===
-
-/// One binary frame as the test autoscaler received it.
-#[derive(Clone, Debug)]
-struct Frame {
-    /// When it was read, on the server's own thread.
-    at: Instant,
-    /// The same moment as Unix seconds, for `Stat.timestamp`.
-    unix: f64,
-    /// Which connection it came on (0, 1, ... in accept order).
-    conn: usize,
-    msgs: WireStatMessages,
+/// A frame's stat of a service's revision, by service name.
+trait ByService {
+    fn stat(&self, service: &str) -> Option<&Stat>;
+    /// Panics with the frame when it is missing.
+    fn expect(&self, service: &str) -> &Stat;
 }
 
-impl Frame {
-    /// The stat of `service`'s revision in this frame, if it is there.
+impl ByService for Frame {
     fn stat(&self, service: &str) -> Option<&Stat> {
-        let name = rev(service);
-        self.msgs
-            .messages
-            .iter()
-            .find(|m| m.namespace == NS && m.name == name)
-            .and_then(|m| m.stat.as_ref())
+        self.revision_stat(NS, &rev(service))
     }
 
-    /// The stat of `service`'s revision; panics with the frame when it is missing.
     fn expect(&self, service: &str) -> &Stat {
         self.stat(service)
             .unwrap_or_else(|| panic!("no {NS}/{} in frame {self:?}", rev(service)))
     }
-}
-
-/// Whether a stat is a scale-from-zero poke (KNATIVE.md: concurrency 1, one request).
-/// A periodic report of a revision with held requests has neither exactly.
-fn is_poke(s: &Stat) -> bool {
-    s.average_concurrent_requests == 1.0 && s.request_count == 1.0
-}
-
-/// A WebSocket server standing in for Knative's autoscaler. Runs on its own thread and
-/// runtime, so arrival times are taken promptly whatever the test is doing; stops on drop.
-struct StatServer {
-    addr: SocketAddr,
-    frames: Arc<Mutex<Vec<Frame>>>,
-    /// Anything that is not a decodable binary frame: text frames, bad protobuf, failed
-    /// handshakes.
-    problems: Arc<Mutex<Vec<String>>>,
-    connections: Arc<AtomicUsize>,
-    shutdown: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl StatServer {
-    fn start() -> StatServer {
-        StatServer::serve(std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
-    }
-
-    /// Serves on `listener` (a listening socket, e.g. one reserved before the proxy started).
-    fn serve(listener: std::net::TcpListener) -> StatServer {
-        listener.set_nonblocking(true).expect("set_nonblocking");
-        let addr = listener.local_addr().expect("local_addr");
-        let frames = Arc::new(Mutex::new(Vec::new()));
-        let problems = Arc::new(Mutex::new(Vec::new()));
-        let connections = Arc::new(AtomicUsize::new(0));
-        let (tx, rx) = oneshot::channel();
-        let thread = std::thread::Builder::new()
-            .name("stat-server".into())
-            .spawn({
-                let frames = frames.clone();
-                let problems = problems.clone();
-                let connections = connections.clone();
-                move || accept_loop(listener, frames, problems, connections, rx)
-            })
-            .expect("spawn the stat server");
-        StatServer {
-            addr,
-            frames,
-            problems,
-            connections,
-            shutdown: Some(tx),
-            thread: Some(thread),
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("ws://{}", self.addr)
-    }
-
-    fn frames(&self) -> Vec<Frame> {
-        self.frames.lock().unwrap().clone()
-    }
-
-    fn len(&self) -> usize {
-        self.frames.lock().unwrap().len()
-    }
-
-    /// The first frame at index `from` or later that satisfies `pred`, waiting for it up to
-    /// `timeout`; panics with every frame so far when none comes.
-    async fn wait_frame(
-        &self,
-        from: usize,
-        timeout: Duration,
-        pred: impl Fn(&Frame) -> bool,
-    ) -> (usize, Frame) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            {
-                let frames = self.frames.lock().unwrap();
-                if let Some(i) = (from..frames.len()).find(|&i| pred(&frames[i])) {
-                    return (i, frames[i].clone());
-                }
-            }
-            if Instant::now() >= deadline {
-                panic!(
-                    "no matching report frame (index >= {from}) within {timeout:?}; \
-                     frames: {:#?}; problems: {:?}",
-                    self.frames(),
-                    self.problems.lock().unwrap()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    }
-
-    /// Frames `from..=to`, waiting for frame `to` up to `timeout`.
-    async fn wait_frames(&self, from: usize, to: usize, timeout: Duration) -> Vec<Frame> {
-        self.wait_frame(to, timeout, |_| true).await;
-        self.frames()[from..=to].to_vec()
-    }
-
-    /// Every frame was binary and decoded; every stat names this node.
-    fn assert_clean(&self) {
-        let problems = self.problems.lock().unwrap().clone();
-        assert!(problems.is_empty(), "test autoscaler saw: {problems:?}");
-        for f in self.frames() {
-            assert!(!f.msgs.messages.is_empty(), "an empty report: {f:?}");
-            for m in &f.msgs.messages {
-                let s = m
-                    .stat
-                    .as_ref()
-                    .unwrap_or_else(|| panic!("a message without a stat: {f:?}"));
-                assert_eq!(s.pod_name, NODE, "pod_name is the --node-id: {f:?}");
-            }
-        }
-    }
-}
-
-impl Drop for StatServer {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn accept_loop(
-    listener: std::net::TcpListener,
-    frames: Arc<Mutex<Vec<Frame>>>,
-    problems: Arc<Mutex<Vec<String>>>,
-    connections: Arc<AtomicUsize>,
-    mut shutdown: oneshot::Receiver<()>,
-) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a stat server runtime");
-    rt.block_on(async move {
-        let listener = tokio::net::TcpListener::from_std(listener).expect("a tokio listener");
-        loop {
-            let stream = tokio::select! {
-                _ = &mut shutdown => break,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(_) => continue,
-                },
-            };
-            let conn = connections.fetch_add(1, Ordering::SeqCst);
-            let frames = frames.clone();
-            let problems = problems.clone();
-            tokio::spawn(async move {
-                let mut ws = match tokio_tungstenite::accept_async(stream).await {
-                    Ok(ws) => ws,
-                    Err(e) => {
-                        problems.lock().unwrap().push(format!("handshake: {e}"));
-                        return;
-                    }
-                };
-                while let Some(msg) = ws.next().await {
-                    let at = Instant::now();
-                    let unix = SystemTime::now()
-                        .duration_since(UNIX_EPOCH)
-                        .expect("after 1970")
-                        .as_secs_f64();
-                    match msg {
-                        Ok(Message::Binary(data)) => {
-                            match <WireStatMessages as prost::Message>::decode(&data[..]) {
-                                Ok(msgs) => frames.lock().unwrap().push(Frame {
-                                    at,
-                                    unix,
-                                    conn,
-                                    msgs,
-                                }),
-                                Err(e) => problems
-                                    .lock()
-                                    .unwrap()
-                                    .push(format!("undecodable frame ({e}): {data:?}")),
-                            }
-                        }
-                        Ok(Message::Close(_)) | Err(_) => break,
-                        Ok(Message::Ping(_) | Message::Pong(_)) => {}
-                        Ok(other) => problems
-                            .lock()
-                            .unwrap()
-                            .push(format!("not a binary frame: {other:?}")),
-                    }
-                }
-            });
-        }
-    });
-    // Dropping the runtime closes every connection.
 }
 
 // === helpers ===
@@ -555,7 +304,7 @@ async fn reports_time_weighted_concurrency_per_revision() {
         assert!(b.timestamp >= a.timestamp, "{pair:?}");
     }
     assert_eq!(idle.requests(), 0);
-    server.assert_clean();
+    server.assert_clean(NODE);
 }
 
 /// Scale from zero: the first held request pokes the autoscaler at once (concurrency 1,
@@ -694,7 +443,7 @@ async fn the_first_held_request_pokes_the_autoscaler_at_once() {
         )
         .await;
     assert_eq!(pokes, Some(1.0), "weir_autoscaler_pokes_total");
-    server.assert_clean();
+    server.assert_clean(NODE);
 }
 
 /// The autoscaler is down: requests still flow, reports are dropped and counted; once it
@@ -763,11 +512,11 @@ async fn reports_are_dropped_while_the_autoscaler_is_down() {
     let server = StatServer::serve(listener);
     let up = Instant::now();
     let deadline = up + Duration::from_secs(15);
-    while server.len() == 0 {
+    while server.is_empty() {
         assert!(
             Instant::now() < deadline,
             "no report within 15 s of the autoscaler coming up ({} connections)",
-            server.connections.load(Ordering::SeqCst)
+            server.connections()
         );
         let r = get(&format!("{}/", weir.http_url()), &host(BUSY), &[]).await;
         assert_eq!(r.status, 200, "{r:?}");
@@ -791,7 +540,7 @@ async fn reports_are_dropped_while_the_autoscaler_is_down() {
         .await,
         "weir_autoscaler_reports_total{{result=\"sent\"}} after a frame arrived"
     );
-    server.assert_clean();
+    server.assert_clean(NODE);
 
     // --- The autoscaler goes away (its connections close) and comes back on the same port:
     // reports are dropped again in between, and the proxy dials it again.
@@ -816,11 +565,11 @@ async fn reports_are_dropped_while_the_autoscaler_is_down() {
     let server = StatServer::serve(again.listen(64).expect("listen").into_std().expect("std"));
     let up = Instant::now();
     let deadline = up + Duration::from_secs(15);
-    while server.len() == 0 {
+    while server.is_empty() {
         assert!(
             Instant::now() < deadline,
             "no report within 15 s of the autoscaler coming back ({} connections)",
-            server.connections.load(Ordering::SeqCst)
+            server.connections()
         );
         let r = get(&format!("{}/", weir.http_url()), &host(BUSY), &[]).await;
         assert_eq!(r.status, 200, "{r:?}");
@@ -832,7 +581,7 @@ async fn reports_are_dropped_while_the_autoscaler_is_down() {
         secs(up - gone),
         secs(up.elapsed())
     );
-    server.assert_clean();
+    server.assert_clean(NODE);
 }
 
 /// `/metrics` after some traffic parses with a real Prometheus text parser and holds the
@@ -990,7 +739,7 @@ async fn metrics_hold_the_contract_series() {
             && matches!(x.value, PromValue::Counter(v) if v > 0.0)),
         "nothing dropped while the autoscaler was up:\n{text}"
     );
-    server.assert_clean();
+    server.assert_clean(NODE);
 }
 
 /// `GET /v1/stats`: per revision, in flight and held right now, and the average concurrency
@@ -1129,5 +878,5 @@ async fn v1_stats_shows_the_last_window() {
     })
     .await;
     assert!(idle_now, "{}", weir.revision_stats(NS, &rev(ZERO)).await);
-    server.assert_clean();
+    server.assert_clean(NODE);
 }
