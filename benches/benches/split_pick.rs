@@ -3,20 +3,15 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use weir_config::{RevisionId, Split, Target};
+use weir_config::{Key, Split, Target};
 
-fn split(percents: &[u32]) -> Split {
+fn split(percents: &[u32]) -> Split<u32> {
     Split::new(
         percents
             .iter()
             .enumerate()
             .map(|(i, &percent)| {
-                Target::new(
-                    RevisionId(i as u32),
-                    "default",
-                    &format!("rev-{i}"),
-                    percent,
-                )
+                Target::new(i as u32, &Key::new("default", &format!("rev-{i}")), percent)
             })
             .collect(),
     )

@@ -20,8 +20,47 @@ pub struct ServiceHost {
     /// Served only on the internal (cluster-local) listener.
     pub internal_only: bool,
     pub target: HostTarget,
-    /// Where the host comes from, for error messages: `services[0] (tag host of "current")`.
-    pub origin: String,
+    /// Where the host comes from, for error messages (see [`ServiceHost::origin`]).
+    pub from: Origin,
+}
+
+/// Which part of a service a host comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Default,
+    /// The tag host of `traffic[t]`.
+    Tag(usize),
+    /// `hosts[h]`, written in the config.
+    Extra(usize),
+    ClusterLocal,
+    /// A cluster-local name of the tag host of `traffic[t]`.
+    ClusterLocalTag(usize),
+}
+
+impl ServiceHost {
+    /// Where the host comes from in the service at `at`, e.g.
+    /// `services[0].traffic[1] (tag host of "current")`. Formatted only for an error.
+    pub fn origin(&self, at: &str, svc: &Service) -> String {
+        let tag = |t: usize| svc.traffic[t].tag.as_deref().unwrap_or_default();
+        match self.from {
+            Origin::Default => format!("{at} (default host)"),
+            Origin::Tag(t) => format!("{at}.traffic[{t}] (tag host of {:?})", tag(t)),
+            Origin::Extra(h) => format!("{at}.hosts[{h}]"),
+            Origin::ClusterLocal => format!("{at} (cluster-local host)"),
+            Origin::ClusterLocalTag(t) => {
+                format!("{at}.traffic[{t}] (cluster-local tag host of {:?})", tag(t))
+            }
+        }
+    }
+
+    /// The path an error about this host points at: `at`, `at.traffic[t]` or `at.hosts[h]`.
+    pub fn path(&self, at: &str) -> String {
+        match self.from {
+            Origin::Default | Origin::ClusterLocal => at.to_string(),
+            Origin::Tag(t) | Origin::ClusterLocalTag(t) => format!("{at}.traffic[{t}]"),
+            Origin::Extra(h) => format!("{at}.hosts[{h}]"),
+        }
+    }
 }
 
 /// Fills `{name}`, `{namespace}`, `{domain}` (and `{tag}`) in a template.
@@ -33,11 +72,11 @@ pub fn fill(template: &str, name: &str, namespace: &str, domain: &str, tag: &str
         .replace("{tag}", tag)
 }
 
-/// Every host of `services[idx]`, in a stable order: default, tags, extra hosts, then the
+/// Every host of a service, in a stable order: default, tags, extra hosts, then the
 /// cluster-local names (default, then tags).
-pub fn service_hosts(cfg: &Config, svc: &Service, idx: usize) -> Vec<ServiceHost> {
-    let mut out = Vec::new();
-    let at = format!("services[{idx}]");
+pub fn service_hosts(cfg: &Config, svc: &Service) -> Vec<ServiceHost> {
+    let tags = svc.traffic.iter().filter(|t| t.tag.is_some()).count();
+    let mut out = Vec::with_capacity(4 + svc.hosts.len() + 4 * tags);
     let external = svc.visibility == Visibility::External;
     if external {
         out.push(ServiceHost {
@@ -50,7 +89,7 @@ pub fn service_hosts(cfg: &Config, svc: &Service, idx: usize) -> Vec<ServiceHost
             ),
             internal_only: false,
             target: HostTarget::Split,
-            origin: format!("{at} (default host)"),
+            from: Origin::Default,
         });
         for (t, target) in svc.traffic.iter().enumerate() {
             if let Some(tag) = &target.tag {
@@ -65,7 +104,7 @@ pub fn service_hosts(cfg: &Config, svc: &Service, idx: usize) -> Vec<ServiceHost
                     ),
                     internal_only: false,
                     target: HostTarget::Tag(t),
-                    origin: format!("{at}.traffic[{t}] (tag host of {tag:?})"),
+                    from: Origin::Tag(t),
                 });
             }
         }
@@ -75,7 +114,7 @@ pub fn service_hosts(cfg: &Config, svc: &Service, idx: usize) -> Vec<ServiceHost
             host: host.clone(),
             internal_only: !external,
             target: HostTarget::Split,
-            origin: format!("{at}.hosts[{h}]"),
+            from: Origin::Extra(h),
         });
     }
     for name in cluster_local_names(cfg, &svc.name, &svc.namespace) {
@@ -83,7 +122,7 @@ pub fn service_hosts(cfg: &Config, svc: &Service, idx: usize) -> Vec<ServiceHost
             host: name,
             internal_only: true,
             target: HostTarget::Split,
-            origin: format!("{at} (cluster-local host)"),
+            from: Origin::ClusterLocal,
         });
     }
     for (t, target) in svc.traffic.iter().enumerate() {
@@ -94,7 +133,7 @@ pub fn service_hosts(cfg: &Config, svc: &Service, idx: usize) -> Vec<ServiceHost
                     host: name,
                     internal_only: true,
                     target: HostTarget::Tag(t),
-                    origin: format!("{at}.traffic[{t}] (cluster-local tag host of {tag:?})"),
+                    from: Origin::ClusterLocalTag(t),
                 });
             }
         }
@@ -142,7 +181,7 @@ mod tests {
                 {"revision":"a","percent":100,"tag":"current"}]}]}"#,
         )
         .unwrap();
-        let hosts: Vec<_> = service_hosts(&cfg, &cfg.services[0], 0)
+        let hosts: Vec<_> = service_hosts(&cfg, &cfg.services[0])
             .into_iter()
             .map(|h| (h.host, h.internal_only))
             .collect();

@@ -18,19 +18,24 @@
 //! assert!(route.unwrap().is_some());
 //! ```
 
+pub mod compiled;
 pub mod error;
 pub mod hosts;
 pub mod model;
+pub mod objects;
 pub mod request;
+pub mod sharded;
 pub mod split;
 pub mod table;
 pub mod validate;
 
+pub use compiled::{Compiled, Plan, Update};
 pub use error::{ConfigError, ConfigErrors};
 pub use model::Config;
-pub use split::{RevisionId, Split, Target};
+pub use objects::{Change, Key, Kind, Objects};
+pub use split::{Split, Target};
 pub use table::{
-    compile, normalize_host, AffinityMode, HostError, HostRoute, Listener, PathRoute, RevisionSpec,
+    compile, normalize_host, AffinityMode, HostError, HostRoute, Listener, Owner, PathRoute,
     RouteTable,
 };
 pub use validate::{parse_endpoint, validate, Endpoint};
@@ -70,6 +75,47 @@ pub fn parse(text: &str, format: Format) -> Result<Config, ConfigErrors> {
     }
 }
 
+/// Parses one service, ingress or revision as the admin API's per-object endpoints receive
+/// it, naming it `namespace/name` when the body does not (a body that names another object
+/// is an error at `name` or `namespace`).
+pub fn parse_object<T: serde::de::DeserializeOwned>(
+    text: &str,
+    format: Format,
+    namespace: &str,
+    name: &str,
+) -> Result<T, ConfigErrors> {
+    let value: serde_json::Value = match format {
+        Format::Json => {
+            let de = &mut serde_json::Deserializer::from_str(text);
+            serde_path_to_error::deserialize(de).map_err(|e| path_error(e.path(), e.inner()))?
+        }
+        Format::Yaml => {
+            let de = serde_norway::Deserializer::from_str(text);
+            serde_path_to_error::deserialize(de).map_err(|e| path_error(e.path(), e.inner()))?
+        }
+    };
+    let serde_json::Value::Object(mut fields) = value else {
+        return Err(ConfigError::new("", "expected an object (a map of fields)").into());
+    };
+    for (field, want) in [("namespace", namespace), ("name", name)] {
+        match fields.get(field) {
+            None => {
+                fields.insert(field.into(), want.into());
+            }
+            Some(serde_json::Value::String(s)) if s == want => {}
+            Some(other) => {
+                return Err(ConfigError::new(
+                    field,
+                    format!("is {other}, but the path says {want:?}; they must agree"),
+                )
+                .into())
+            }
+        }
+    }
+    serde_path_to_error::deserialize(serde_json::Value::Object(fields))
+        .map_err(|e| path_error(e.path(), e.inner()))
+}
+
 /// Parses YAML (or JSON, which YAML accepts).
 pub fn parse_yaml(text: &str) -> Result<Config, ConfigErrors> {
     parse(text, Format::Yaml)
@@ -99,7 +145,7 @@ fn path_error(path: &serde_path_to_error::Path, inner: &dyn std::fmt::Display) -
 }
 
 /// One-line summary for `weir check`: `3 services, 5 revisions, 9 hosts`.
-pub fn summary(cfg: &Config, table: &RouteTable) -> String {
+pub fn summary<R>(cfg: &Config, table: &RouteTable<R>) -> String {
     format!(
         "{} services, {} ingresses, {} revisions, {} hosts",
         cfg.services.len(),

@@ -696,6 +696,16 @@ impl Config {
     pub fn empty() -> Config {
         serde_json::from_str("{}").expect("the empty config parses")
     }
+
+    /// How long a request may be held for revision `r`: its `timeout`, else `hold.timeout`
+    /// (values validation accepted).
+    pub fn revision_timeout(&self, r: &Revision) -> std::time::Duration {
+        r.timeout
+            .as_ref()
+            .and_then(|t| t.get())
+            .or_else(|| self.hold.timeout.get())
+            .unwrap_or(std::time::Duration::from_secs(300))
+    }
 }
 
 #[cfg(test)]

@@ -19,9 +19,9 @@ static TAG_HEADER: HeaderName = HeaderName::from_static("knative-serving-tag");
 
 /// What to do with a request.
 #[derive(Debug)]
-pub enum Decision<'t> {
+pub enum Decision<'t, R = ()> {
     /// Send it to `target` of `rule`.
-    Route(Routed<'t>),
+    Route(Routed<'t, R>),
     /// Answer it here: status and body.
     Respond(u16, String),
     /// `301` to this URL (`http_option: redirect` on a plain listener).
@@ -32,10 +32,10 @@ pub enum Decision<'t> {
 
 /// A routed request: the path rule it matched and the target picked.
 #[derive(Debug)]
-pub struct Routed<'t> {
-    pub host: &'t HostRoute,
-    pub rule: &'t PathRoute,
-    pub target: &'t Target,
+pub struct Routed<'t, R = ()> {
+    pub host: &'t HostRoute<R>,
+    pub rule: &'t PathRoute<R>,
+    pub target: &'t Target<R>,
     /// The cookie to keep the user on `target` (cookie affinity).
     pub sticky: Option<Sticky>,
 }
@@ -96,7 +96,7 @@ pub fn cookie_value<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a 
         })
 }
 
-fn no_route(host: &[u8]) -> Decision<'static> {
+fn no_route<'t, R>(host: &[u8]) -> Decision<'t, R> {
     Decision::Respond(
         404,
         format!("no route for host \"{}\"\n", String::from_utf8_lossy(host)),
@@ -104,12 +104,12 @@ fn no_route(host: &[u8]) -> Decision<'static> {
 }
 
 /// Routes a request that arrived on `listener` (`https`: over TLS).
-pub fn decide<'t>(
+pub fn decide<'t, R>(
     req: &Parts,
-    table: &'t RouteTable,
+    table: &'t RouteTable<R>,
     listener: Listener,
     https: bool,
-) -> Decision<'t> {
+) -> Decision<'t, R> {
     let host = match req.headers.get(header::HOST) {
         Some(h) => h.as_bytes(),
         None => match req.uri.authority() {
@@ -174,13 +174,13 @@ pub fn decide<'t>(
 /// Cookie affinity: the revision the cookie remembers while it is in the split above 0 %,
 /// else a weighted pick and a new cookie. A cookie naming a revision outside the split can
 /// never route anywhere the split does not.
-fn cookie_pick<'t>(
+fn cookie_pick<'t, R>(
     req: &Parts,
-    rule: &'t PathRoute,
+    rule: &'t PathRoute<R>,
     name: &str,
     max_age_secs: u64,
     instance: bool,
-) -> (&'t Target, Option<Sticky>) {
+) -> (&'t Target<R>, Option<Sticky>) {
     let (rev_part, endpoint_part) = match cookie_value(&req.headers, name) {
         Some(v) => match v.iter().position(|&b| b == b'/') {
             Some(i) => (Some(&v[..i]), Some(&v[i + 1..])),

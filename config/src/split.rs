@@ -7,14 +7,15 @@ use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue};
 
-/// Index of a revision in [`crate::RouteTable::revisions`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct RevisionId(pub u32);
+use crate::objects::Key;
 
-/// One target of a split: a revision, with the headers to set when it is chosen.
+/// One target of a split: a revision, with the headers to set when it is chosen. `R` is what
+/// the table's user needs of a revision (the proxy: its run-time revision; `()` when only
+/// routing decisions matter).
 #[derive(Debug, Clone)]
-pub struct Target {
-    pub revision: RevisionId,
+pub struct Target<R = ()> {
+    pub revision: R,
+    pub namespace: Arc<str>,
     pub percent: u32,
     /// `Knative-Serving-Tag` value for requests that reach this target through a tag.
     pub tag: Option<HeaderValue>,
@@ -27,30 +28,32 @@ pub struct Target {
     pub seed: u64,
 }
 
-impl Target {
-    pub fn new(revision: RevisionId, namespace: &str, name: &str, percent: u32) -> Target {
+impl<R> Target<R> {
+    /// A target of revision `key` (its name and namespace shared with the key).
+    pub fn new(revision: R, key: &Key, percent: u32) -> Target<R> {
         Target {
             revision,
+            namespace: key.namespace.clone(),
             percent,
             tag: None,
             append_headers: Arc::new([]),
-            name: name.into(),
-            seed: stable_hash(format!("{namespace}/{name}").as_bytes()),
+            name: key.name.clone(),
+            seed: stable_hash(format!("{}/{}", key.namespace, key.name).as_bytes()),
         }
     }
 }
 
 /// A weighted split over [`Target`]s.
 #[derive(Debug, Clone)]
-pub struct Split {
-    targets: Box<[Target]>,
+pub struct Split<R = ()> {
+    targets: Box<[Target<R>]>,
     /// `slots[r]` is the target of draw `r`; targets with 0 percent own no slot.
     slots: Box<[u16; 100]>,
 }
 
-impl Split {
+impl<R> Split<R> {
     /// Builds a split. The percents must add up to 100 (validation guarantees it).
-    pub fn new(targets: Vec<Target>) -> Split {
+    pub fn new(targets: Vec<Target<R>>) -> Split<R> {
         debug_assert_eq!(targets.iter().map(|t| t.percent).sum::<u32>(), 100);
         debug_assert!(targets.len() <= usize::from(u16::MAX));
         let mut slots = Box::new([0u16; 100]);
@@ -71,18 +74,18 @@ impl Split {
 
     /// The target for a draw `r` in `0..100` (values above wrap).
     #[inline]
-    pub fn pick_with(&self, r: u32) -> &Target {
+    pub fn pick_with(&self, r: u32) -> &Target<R> {
         let slot = self.slots[(r % 100) as usize];
         &self.targets[usize::from(slot)]
     }
 
     /// The target for one random draw.
     #[inline]
-    pub fn pick(&self) -> &Target {
+    pub fn pick(&self) -> &Target<R> {
         self.pick_with(rand::random_range(0..100))
     }
 
-    pub fn targets(&self) -> &[Target] {
+    pub fn targets(&self) -> &[Target<R>] {
         &self.targets
     }
 
@@ -92,7 +95,7 @@ impl Split {
     /// names and their weights, so every replica agrees; raising one target's weight only
     /// lowers its own scores, so keys move only towards it (the fewest that can move).
     #[inline]
-    pub fn pick_by_key(&self, key: &[u8]) -> &Target {
+    pub fn pick_by_key(&self, key: &[u8]) -> &Target<R> {
         let k = stable_hash(key);
         let mut best = &self.targets[usize::from(self.slots[0])];
         let mut best_score = f64::INFINITY;
@@ -111,7 +114,7 @@ impl Split {
 
     /// The target of revision `name` if it is in this split with a percent above 0.
     #[inline]
-    pub fn live_target(&self, name: &[u8]) -> Option<&Target> {
+    pub fn live_target(&self, name: &[u8]) -> Option<&Target<R>> {
         self.targets
             .iter()
             .find(|t| t.percent > 0 && t.name.as_bytes() == name)
@@ -141,11 +144,11 @@ fn mix(mut z: u64) -> u64 {
 mod tests {
     use super::*;
 
-    fn target(rev: u32, percent: u32) -> Target {
-        Target::new(RevisionId(rev), "default", &format!("rev-{rev}"), percent)
+    fn target(rev: u32, percent: u32) -> Target<u32> {
+        Target::new(rev, &Key::new("default", &format!("rev-{rev}")), percent)
     }
 
-    fn split(percents: &[u32]) -> Split {
+    fn split(percents: &[u32]) -> Split<u32> {
         Split::new(
             percents
                 .iter()
@@ -160,7 +163,7 @@ mod tests {
         let s = split(&[90, 10]);
         let n = 20_000;
         let canary = (0..n)
-            .filter(|i| s.pick_by_key(format!("user-{i}").as_bytes()).revision.0 == 1)
+            .filter(|i| s.pick_by_key(format!("user-{i}").as_bytes()).revision == 1)
             .count();
         let share = canary as f64 / f64::from(n);
         assert!((share - 0.10).abs() < 0.01, "share {share}");
@@ -175,7 +178,7 @@ mod tests {
             .iter()
             .map(|s| {
                 keys.iter()
-                    .map(|k| s.pick_by_key(k.as_bytes()).revision.0)
+                    .map(|k| s.pick_by_key(k.as_bytes()).revision)
                     .collect()
             })
             .collect();
@@ -202,7 +205,7 @@ mod tests {
     #[test]
     fn zero_percent_targets_never_win_by_key() {
         let s = split(&[100, 0]);
-        assert!((0..1000).all(|i| s.pick_by_key(format!("{i}").as_bytes()).revision.0 == 0));
+        assert!((0..1000).all(|i| s.pick_by_key(format!("{i}").as_bytes()).revision == 0));
         assert!(s.live_target(b"rev-1").is_none());
         assert!(s.live_target(b"rev-0").is_some());
     }
@@ -218,7 +221,7 @@ mod tests {
         ]);
         let mut counts = [0u32; 5];
         for r in 0..100 {
-            counts[s.pick_with(r).revision.0 as usize] += 1;
+            counts[s.pick_with(r).revision as usize] += 1;
         }
         assert_eq!(counts, [1, 0, 2, 4, 93]);
     }
@@ -227,7 +230,7 @@ mod tests {
     fn random_pick_is_close_to_weights() {
         let s = Split::new(vec![target(0, 90), target(1, 10)]);
         let n = 100_000;
-        let canary = (0..n).filter(|_| s.pick().revision.0 == 1).count();
+        let canary = (0..n).filter(|_| s.pick().revision == 1).count();
         let share = canary as f64 / n as f64;
         assert!((share - 0.10).abs() < 0.01, "share {share}");
     }

@@ -8,8 +8,9 @@ use foldhash::{HashMap, HashMapExt as _};
 use std::net::SocketAddr;
 
 use crate::error::{ConfigError, ConfigErrors};
-use crate::hosts::{self, is_dns1123_label, is_dns_name};
+use crate::hosts::{self, is_dns1123_label, is_dns_name, Origin, ServiceHost};
 use crate::model::*;
+use crate::objects::{path_of, Change, Kind, Objects};
 
 /// Longest hold timeout a revision may ask for (Knative's max-revision-timeout default).
 pub const MAX_TIMEOUT_SECS: u64 = 3600;
@@ -20,6 +21,62 @@ pub const MAX_TARGETS: usize = 100;
 pub fn validate(cfg: &Config) -> Result<(), ConfigErrors> {
     let mut v = Validator::default();
     v.config(cfg);
+    if v.errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigErrors(v.errors))
+    }
+}
+
+/// Whether revision (namespace, name) exists.
+type Declared<'a> = dyn Fn(&str, &str) -> bool + 'a;
+
+/// Checks each object that `changes` put, on its own and against `after` (the objects with
+/// the changes made: the revisions its routes name must be there) and the settings in force.
+/// Paths name the object: `services[default/hello].traffic[0].revision`.
+///
+/// What needs the other objects' routes (a host another object has, a deleted revision still
+/// in use) is found by [`crate::RouteTable::update`].
+pub fn changes(settings: &Config, after: &Objects, changes: &[Change]) -> Result<(), ConfigErrors> {
+    let mut v = Validator::default();
+    let declared = |ns: &str, name: &str| {
+        after
+            .revisions
+            .contains_key(&crate::objects::Key::new(ns, name))
+    };
+    for c in crate::objects::last_changes(changes) {
+        let at = path_of(c.kind(), c.key());
+        let (ns, name) = match c {
+            Change::Service(_, Some(s)) => {
+                v.service(&at, s, &declared);
+                v.generated_hosts(settings, &at, s);
+                (&s.namespace, &s.name)
+            }
+            Change::Ingress(_, Some(i)) => {
+                v.ingress(&at, i, &declared);
+                (&i.namespace, &i.name)
+            }
+            Change::Revision(_, Some(r)) => {
+                v.revision(&at, r);
+                (&r.namespace, &r.name)
+            }
+            _ => continue,
+        };
+        let key = c.key();
+        if **ns != *key.namespace || **name != *key.name {
+            v.err(
+                at,
+                format!(
+                    "is named {ns}/{name}; a {} is put under its own namespace and name",
+                    match c.kind() {
+                        Kind::Service => "service",
+                        Kind::Ingress => "ingress",
+                        Kind::Revision => "revision",
+                    }
+                ),
+            );
+        }
+    }
     if v.errors.is_empty() {
         Ok(())
     } else {
@@ -172,11 +229,18 @@ impl Validator {
         }
 
         let revisions = self.revisions(cfg);
+        let declared = |ns: &str, name: &str| revisions.contains_key(&(ns, name));
+        let mut seen = HashMap::new();
         for (i, svc) in cfg.services.iter().enumerate() {
-            self.service(i, svc, &revisions);
+            let at = format!("services[{i}]");
+            self.service(&at, svc, &declared);
+            self.once(&mut seen, &at, "service", &svc.namespace, &svc.name);
         }
+        let mut seen = HashMap::new();
         for (i, ing) in cfg.ingresses.iter().enumerate() {
-            self.ingress(i, ing, &revisions);
+            let at = format!("ingresses[{i}]");
+            self.ingress(&at, ing, &declared);
+            self.once(&mut seen, &at, "ingress", &ing.namespace, &ing.name);
         }
         self.duplicate_hosts(cfg);
         self.tls(cfg);
@@ -410,18 +474,33 @@ impl Validator {
         }
     }
 
+    /// An object named (namespace, name) at `at` is the first of that name in its list.
+    fn once<'a>(
+        &mut self,
+        seen: &mut HashMap<(&'a str, &'a str), String>,
+        at: &str,
+        what: &str,
+        namespace: &'a str,
+        name: &'a str,
+    ) {
+        if let Some(prev) = seen.get(&(namespace, name)) {
+            self.err(
+                format!("{at}.name"),
+                format!(
+                    "{what} {namespace}/{name} is already declared at {prev}; declare each once"
+                ),
+            );
+        } else {
+            seen.insert((namespace, name), at.to_string());
+        }
+    }
+
     /// Checks `revisions` and returns the index of declared (namespace, name) pairs.
     fn revisions<'a>(&mut self, cfg: &'a Config) -> HashMap<(&'a str, &'a str), usize> {
         let mut seen = HashMap::new();
         for (i, r) in cfg.revisions.iter().enumerate() {
             let at = format!("revisions[{i}]");
-            self.unknown(
-                &at,
-                &r.unknown,
-                "name, namespace, container_concurrency, timeout, protocol, endpoints",
-            );
-            self.label(&format!("{at}.name"), "revision name", &r.name);
-            self.label(&format!("{at}.namespace"), "namespace", &r.namespace);
+            self.revision(&at, r);
             if let Some(prev) = seen.insert((r.namespace.as_str(), r.name.as_str()), i) {
                 self.err(
                     format!("{at}.name"),
@@ -431,41 +510,50 @@ impl Validator {
                     ),
                 );
             }
-            if r.container_concurrency > 1000 {
-                self.err(
-                    format!("{at}.container_concurrency"),
-                    "must be from 0 (unlimited) to 1000",
-                );
-            }
-            if let Some(t) = &r.timeout {
-                let p = format!("{at}.timeout");
-                if let Some(t) = self.duration(&p, t) {
-                    self.timeout_range(&p, t);
-                }
-            }
-            let mut eps = BTreeMap::new();
-            for (e, ep) in r.endpoints.iter().enumerate() {
-                let p = format!("{at}.endpoints[{e}]");
-                match parse_endpoint(ep) {
-                    Ok(parsed) => {
-                        if let Some(prev) = eps.insert(parsed, e) {
-                            self.err(
-                                p,
-                                format!("{ep:?} is listed twice (also endpoints[{prev}])"),
-                            );
-                        }
-                    }
-                    Err(why) => self.err(p, format!("{ep:?}: {why}")),
-                }
-            }
         }
         seen
     }
 
-    fn service(&mut self, i: usize, svc: &Service, revs: &HashMap<(&str, &str), usize>) {
-        let at = format!("services[{i}]");
+    fn revision(&mut self, at: &str, r: &Revision) {
         self.unknown(
-            &at,
+            at,
+            &r.unknown,
+            "name, namespace, container_concurrency, timeout, protocol, endpoints",
+        );
+        self.label(&format!("{at}.name"), "revision name", &r.name);
+        self.label(&format!("{at}.namespace"), "namespace", &r.namespace);
+        if r.container_concurrency > 1000 {
+            self.err(
+                format!("{at}.container_concurrency"),
+                "must be from 0 (unlimited) to 1000",
+            );
+        }
+        if let Some(t) = &r.timeout {
+            let p = format!("{at}.timeout");
+            if let Some(t) = self.duration(&p, t) {
+                self.timeout_range(&p, t);
+            }
+        }
+        let mut eps = BTreeMap::new();
+        for (e, ep) in r.endpoints.iter().enumerate() {
+            let p = format!("{at}.endpoints[{e}]");
+            match parse_endpoint(ep) {
+                Ok(parsed) => {
+                    if let Some(prev) = eps.insert(parsed, e) {
+                        self.err(
+                            p,
+                            format!("{ep:?} is listed twice (also endpoints[{prev}])"),
+                        );
+                    }
+                }
+                Err(why) => self.err(p, format!("{ep:?}: {why}")),
+            }
+        }
+    }
+
+    fn service(&mut self, at: &str, svc: &Service, revs: &Declared<'_>) {
+        self.unknown(
+            at,
             &svc.unknown,
             "name, namespace, visibility, hosts, traffic, affinity, http_option",
         );
@@ -546,9 +634,8 @@ impl Validator {
         }
     }
 
-    fn ingress(&mut self, i: usize, ing: &Ingress, revs: &HashMap<(&str, &str), usize>) {
-        let at = format!("ingresses[{i}]");
-        self.unknown(&at, &ing.unknown, "name, namespace, rules");
+    fn ingress(&mut self, at: &str, ing: &Ingress, revs: &Declared<'_>) {
+        self.unknown(at, &ing.unknown, "name, namespace, rules");
         self.label(&format!("{at}.name"), "ingress name", &ing.name);
         self.label(&format!("{at}.namespace"), "namespace", &ing.namespace);
         if ing.rules.is_empty() {
@@ -614,14 +701,8 @@ impl Validator {
         }
     }
 
-    fn revision_ref(
-        &mut self,
-        path: &str,
-        namespace: &str,
-        name: &str,
-        revs: &HashMap<(&str, &str), usize>,
-    ) {
-        if !revs.contains_key(&(namespace, name)) {
+    fn revision_ref(&mut self, path: &str, namespace: &str, name: &str, revs: &Declared<'_>) {
+        if !revs(namespace, name) {
             self.err(
                 path,
                 format!("{namespace}/{name} is not declared under revisions; add it there"),
@@ -687,6 +768,38 @@ impl Validator {
         }
     }
 
+    /// The service's hosts that are DNS names; for those that are not (the templates made a
+    /// bad name), an error.
+    fn generated_hosts(&mut self, cfg: &Config, at: &str, svc: &Service) -> Vec<ServiceHost> {
+        // A bad name, namespace or tag was reported already; the hosts made from it are
+        // bad too, but blaming the templates for them would only mislead.
+        let names_ok = is_dns1123_label(&svc.name) && is_dns1123_label(&svc.namespace);
+        let mut out = Vec::new();
+        for h in hosts::service_hosts(cfg, svc) {
+            if is_dns_name(&h.host) {
+                out.push(h);
+                continue;
+            }
+            let tag_ok = match h.target {
+                hosts::HostTarget::Tag(t) => {
+                    svc.traffic[t].tag.as_deref().is_some_and(is_dns1123_label)
+                }
+                hosts::HostTarget::Split => true,
+            };
+            // Extra hosts were reported already; generated ones point at the templates.
+            if names_ok && tag_ok && !matches!(h.from, Origin::Extra(_)) {
+                self.err(
+                    at,
+                    format!(
+                        "generated host {:?} is not a DNS name; check domain, domain_template and tag_template",
+                        h.host
+                    ),
+                );
+            }
+        }
+        out
+    }
+
     fn duplicate_hosts(&mut self, cfg: &Config) {
         // host -> where it was first seen
         let mut owners: HashMap<String, String> = HashMap::new();
@@ -702,31 +815,9 @@ impl Validator {
             }
         };
         for (i, svc) in cfg.services.iter().enumerate() {
-            // A bad name, namespace or tag was reported already; the hosts made from it are
-            // bad too, but blaming the templates for them would only mislead.
-            let names_ok = is_dns1123_label(&svc.name) && is_dns1123_label(&svc.namespace);
-            for h in hosts::service_hosts(cfg, svc, i) {
-                if !is_dns_name(&h.host) {
-                    let tag_ok = match h.target {
-                        hosts::HostTarget::Tag(t) => {
-                            svc.traffic[t].tag.as_deref().is_some_and(is_dns1123_label)
-                        }
-                        hosts::HostTarget::Split => true,
-                    };
-                    // Extra hosts were reported already; generated ones point at the templates.
-                    if names_ok && tag_ok && !h.origin.contains(".hosts[") {
-                        self.err(
-                            format!("services[{i}]"),
-                            format!(
-                                "generated host {:?} is not a DNS name; check domain, domain_template and tag_template",
-                                h.host
-                            ),
-                        );
-                    }
-                    continue;
-                }
-                let path = h.origin.split(' ').next().unwrap_or_default().to_string();
-                claim(self, &h.host, h.origin, path);
+            let at = format!("services[{i}]");
+            for h in self.generated_hosts(cfg, &at, svc) {
+                claim(self, &h.host, h.origin(&at, svc), h.path(&at));
             }
         }
         for (i, ing) in cfg.ingresses.iter().enumerate() {

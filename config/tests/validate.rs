@@ -132,12 +132,12 @@ fn int<'t>(t: &'t RouteTable, host: &str) -> Option<&'t HostRoute> {
 }
 
 /// Revision name and tag of every target, in order.
-fn targets(t: &RouteTable, s: &Split) -> Vec<(String, u32, Option<String>)> {
+fn targets(_: &RouteTable, s: &Split) -> Vec<(String, u32, Option<String>)> {
     s.targets()
         .iter()
         .map(|x| {
             (
-                t.revision(x.revision).name.to_string(),
+                x.name.to_string(),
                 x.percent,
                 x.tag.as_ref().map(|v| v.to_str().unwrap().to_owned()),
             )
@@ -146,10 +146,10 @@ fn targets(t: &RouteTable, s: &Split) -> Vec<(String, u32, Option<String>)> {
 }
 
 /// How many of the 100 draws land on each revision name.
-fn draws(t: &RouteTable, s: &Split) -> Vec<(String, usize)> {
+fn draws(_: &RouteTable, s: &Split) -> Vec<(String, usize)> {
     let mut counts: Vec<(String, usize)> = Vec::new();
     for r in 0..100 {
-        let name = t.revision(s.pick_with(r).revision).name.to_string();
+        let name = s.pick_with(r).name.to_string();
         match counts.iter_mut().find(|(n, _)| *n == name) {
             Some((_, c)) => *c += 1,
             None => counts.push((name, 1)),
@@ -173,7 +173,6 @@ fn yaml_and_json_load_to_the_same_config() {
     let ty = compile(&y).unwrap();
     let tj = compile(&j).unwrap();
     assert_eq!(ty.host_count(), tj.host_count());
-    assert_eq!(ty.revisions(), tj.revisions());
     assert_eq!(
         weir_config::summary(&y, &ty),
         "2 services, 1 ingresses, 6 revisions, 23 hosts"
@@ -195,7 +194,7 @@ fn default_host_splits_by_percent() {
     let t = good_table();
     let r = ext(&t, "hello.default.example.com").expect("default host");
     assert!(r.external);
-    assert_eq!(&*r.owner, "default/hello");
+    assert_eq!(r.owner.to_string(), "service default/hello");
     let p = only_path(r);
     assert_eq!(&*p.prefix, "");
     assert!(p.headers.is_empty() && p.append_headers.is_empty() && p.rewrite_host.is_none());
@@ -248,7 +247,7 @@ fn tag_hosts_send_everything_to_their_target() {
     let names: Vec<&str> = r.tags.iter().map(|(n, _)| &**n).collect();
     assert_eq!(names, ["current", "candidate", "latest"]);
     let target = r.tag_target(b"candidate").expect("candidate");
-    assert_eq!(&*t.revision(target.revision).name, "hello-00002");
+    assert_eq!(&*target.name, "hello-00002");
     assert_eq!(target.tag.as_ref().unwrap(), "candidate");
     assert!(r.tag_target(b"nope").is_none());
     assert!(ext(&t, "nope-hello.default.example.com").is_none());
@@ -293,7 +292,7 @@ fn cluster_local_names_only_on_the_internal_listener() {
         vec![("hello-00001".into(), 100)]
     );
     let r = int(&t, "private.team-a.svc").unwrap();
-    assert_eq!(&*r.owner, "team-a/private");
+    assert_eq!(r.owner.to_string(), "service team-a/private");
     assert_eq!(
         draws(&t, &only_path(r).split),
         vec![("private-00001".into(), 100)]
@@ -340,7 +339,7 @@ fn lookup_ignores_case_port_and_trailing_dot() {
 fn ingress_paths_match_in_order_with_headers() {
     let t = good_table();
     let r = ext(&t, "api.example.com").unwrap();
-    assert_eq!(&*r.owner, "default/api");
+    assert_eq!(r.owner.to_string(), "ingress default/api");
     assert_eq!(r.paths.len(), 3);
 
     let mut canary = HeaderMap::new();
@@ -375,7 +374,7 @@ fn ingress_paths_match_in_order_with_headers() {
     );
     assert_eq!(p0.rewrite_host.as_ref().unwrap(), "api-v2.internal");
     let tgt = p0.split.pick_with(0);
-    assert_eq!(&*t.revision(tgt.revision).name, "api-00002");
+    assert_eq!(&*tgt.name, "api-00002");
     assert_eq!(tgt.append_headers[0].0, "x-split");
     assert_eq!(tgt.append_headers[0].1, "b");
     assert_eq!(
@@ -392,7 +391,7 @@ fn ingress_paths_match_in_order_with_headers() {
 fn extra_hosts_serve_the_split() {
     let t = good_table();
     let r = ext(&t, "Hello.Example.Org:8080").expect("extra host");
-    assert_eq!(&*r.owner, "default/hello");
+    assert_eq!(r.owner.to_string(), "service default/hello");
     assert_eq!(
         draws(&t, &only_path(r).split),
         vec![("hello-00001".into(), 90), ("hello-00002".into(), 10)]
@@ -400,17 +399,24 @@ fn extra_hosts_serve_the_split() {
 }
 
 #[test]
-fn revisions_compile_with_defaults() {
-    let t = good_table();
-    let revs = t.revisions();
+fn revisions_load_with_defaults() {
+    let cfg = load(GOOD_YAML, Format::Yaml).unwrap();
+    let t = compile(&cfg).unwrap();
+    let revs = &cfg.revisions;
     assert_eq!(revs.len(), 6);
     let h1 = &revs[0];
     assert_eq!((&*h1.namespace, &*h1.name), ("default", "hello-00001"));
     assert_eq!(h1.container_concurrency, 10);
-    assert_eq!(h1.timeout, Duration::from_secs(5));
+    assert_eq!(cfg.revision_timeout(h1), Duration::from_secs(5));
     assert_eq!(h1.protocol, Protocol::Http1);
+    let parsed = |r: &weir_config::model::Revision| -> Vec<Endpoint> {
+        r.endpoints
+            .iter()
+            .map(|e| weir_config::parse_endpoint(e).unwrap())
+            .collect()
+    };
     assert_eq!(
-        h1.endpoints,
+        parsed(h1),
         vec![
             Endpoint::Addr("127.0.0.1:9001".parse().unwrap()),
             Endpoint::Addr("127.0.0.1:9002".parse().unwrap()),
@@ -418,21 +424,25 @@ fn revisions_compile_with_defaults() {
     );
     let h2 = &revs[1];
     assert_eq!(
-        h2.timeout,
+        cfg.revision_timeout(h2),
         Duration::from_secs(30),
         "hold.timeout is the default"
     );
     assert_eq!(h2.protocol, Protocol::H2c);
     assert_eq!(
-        h2.endpoints,
+        parsed(h2),
         vec![Endpoint::Name("pod-2.default.svc".into(), 8080)]
     );
     assert!(revs[2].endpoints.is_empty(), "scaled to zero");
     assert_eq!(
-        revs[3].endpoints,
+        parsed(&revs[3]),
         vec![Endpoint::Addr("[::1]:9003".parse().unwrap())]
     );
     assert!(t.tag_header_routing());
+    assert_eq!(
+        t.users_of(&weir_config::Key::new("default", "hello-00003")),
+        1
+    );
 }
 
 #[test]
@@ -797,6 +807,15 @@ fn split_config(percents: &[u32]) -> String {
     )
 }
 
+/// Which of the split's targets `t` is.
+fn index(split: &Split, t: &weir_config::Target) -> usize {
+    split
+        .targets()
+        .iter()
+        .position(|x| std::ptr::eq(x, t))
+        .expect("a target of the split")
+}
+
 #[test]
 fn split_draws_land_exactly_on_percents() {
     for percents in [
@@ -813,7 +832,7 @@ fn split_draws_land_exactly_on_percents() {
         let split = &only_path(ext(&t, "s.default.example.com").unwrap()).split;
         let mut counts = vec![0u32; percents.len()];
         for r in 0..100 {
-            counts[split.pick_with(r).revision.0 as usize] += 1;
+            counts[index(split, split.pick_with(r))] += 1;
         }
         assert_eq!(counts, percents, "{percents:?}");
         // Draws above 100 wrap rather than panic.
@@ -829,7 +848,7 @@ fn random_picks_are_within_one_point_over_10k() {
     let n = 10_000;
     let mut counts = [0u32; 4];
     for _ in 0..n {
-        counts[split.pick().revision.0 as usize] += 1;
+        counts[index(split, split.pick())] += 1;
     }
     for (c, p) in counts.iter().zip([1.0, 2.0, 4.0, 93.0]) {
         let share = f64::from(*c) * 100.0 / f64::from(n);

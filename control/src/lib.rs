@@ -5,12 +5,13 @@
 //!   `weir proxy --xds` (delta, and state of the world), and [`xds::task`], the tonic task
 //!   that drives them (delta first, state of the world where the server has no delta) and
 //!   feeds an [`xds::XdsSink`].
-//! - [`xds::server`]: the ADS server of `weir control` (both protocols), fed by an
-//!   [`xds::server::SnapshotSource`].
+//! - [`store`]: the config store of `weir control` (versions and a change feed), and
+//!   [`xds::server`], its ADS server (both protocols).
 //!
 //! This crate does not know the proxy: the proxy implements the sink and source traits.
 
 pub mod certs;
+pub mod store;
 pub mod translate;
 pub mod xds;
 

@@ -23,7 +23,10 @@ pub mod to_xds;
 mod tests;
 
 pub use from_xds::{from_resources, ClusterSpec, RouteSet};
-pub use to_xds::{load_assignment, to_resources};
+pub use to_xds::{
+    ingress_routes, load_assignment, object_routes_name, revision_resources, service_routes,
+    to_resources,
+};
 
 /// RouteConfiguration of hosts served on both listeners (Kourier's name).
 pub const EXTERNAL_ROUTES: &str = "external_services";

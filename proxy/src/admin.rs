@@ -1,5 +1,11 @@
-//! The admin listener (hyper): health, readiness, metrics and the control API of
-//! CONTRACT.md section 4. It runs on the control runtime, apart from the data plane's threads.
+//! The admin listener (hyper): health, readiness, metrics and the admin API (docs/api.md),
+//! for `weir proxy` (its [`State`]) and `weir control` (its config store) alike, through
+//! [`ConfigApi`]. It runs on the admin runtime, apart from the data plane's threads.
+//!
+//! Besides the whole config (`GET|PUT /v1/config`), every service, ingress and revision has
+//! its own endpoint, so a change costs what it changes: `GET|PUT|DELETE
+//! /v1/{services,ingresses,revisions}/{namespace}/{name}`, each checked against the rest of
+//! the config in force, with `?dry_run=true`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -12,17 +18,137 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde_json::json;
-use weir_config::{ConfigErrors, Format};
+use weir_config::{Change, Config, ConfigErrors, Format, Key, Kind, Update};
 
-use crate::state::{EndpointsError, State};
+use crate::state::{ApplyOptions, EndpointsError, State};
 
-/// Largest request body the control API reads.
+/// Largest request body the admin API reads.
 pub const MAX_BODY: usize = 16 * 1024 * 1024;
 
+/// What the admin API reads and changes: the proxy's state, or `weir control`'s store.
+pub trait ConfigApi: Send + Sync + 'static {
+    fn generation(&self) -> u64;
+    /// The whole config in force and its generation.
+    fn config(&self) -> (u64, Config);
+    /// One object of the config in force, as JSON.
+    fn object(&self, kind: Kind, key: &Key) -> Option<(u64, serde_json::Value)>;
+    /// Checks and (unless `dry_run`) applies an update: the generation in force after it.
+    fn update(&self, update: Update, dry_run: bool) -> Result<u64, ConfigErrors>;
+    /// Replaces one revision's endpoints.
+    fn set_endpoints(&self, key: &Key, endpoints: Vec<String>) -> Result<u64, EndpointsError>;
+    /// A config that did not even parse (counted as a refused update).
+    fn refused(&self);
+    fn is_ready(&self) -> bool;
+    fn metrics(&self) -> Vec<u8>;
+    /// `GET /v1/stats` (the proxy's revisions at run time); `None`: not served.
+    fn stats(&self) -> Option<serde_json::Value> {
+        None
+    }
+}
+
 pub struct Admin {
-    pub state: Arc<State>,
+    pub api: Arc<dyn ConfigApi>,
     /// Bearer token every endpoint but `/healthz` requires, when set.
     pub token: Option<String>,
+}
+
+/// An object of the config as JSON.
+pub fn object_json(
+    objects: &weir_config::Objects,
+    kind: Kind,
+    key: &Key,
+) -> Option<serde_json::Value> {
+    let v = match kind {
+        Kind::Service => serde_json::to_value(&**objects.services.get(key)?),
+        Kind::Ingress => serde_json::to_value(&**objects.ingresses.get(key)?),
+        Kind::Revision => serde_json::to_value(&**objects.revisions.get(key)?),
+    };
+    v.ok()
+}
+
+impl ConfigApi for State {
+    fn generation(&self) -> u64 {
+        State::generation(self)
+    }
+    fn config(&self) -> (u64, Config) {
+        self.config_view()
+    }
+    fn object(&self, kind: Kind, key: &Key) -> Option<(u64, serde_json::Value)> {
+        let snap = self.snapshot();
+        Some((
+            snap.generation,
+            object_json(&snap.config.objects, kind, key)?,
+        ))
+    }
+    fn update(&self, update: Update, dry_run: bool) -> Result<u64, ConfigErrors> {
+        State::update(self, update, ApplyOptions::new("api").dry_run(dry_run))
+    }
+    fn set_endpoints(&self, key: &Key, endpoints: Vec<String>) -> Result<u64, EndpointsError> {
+        State::set_endpoints(self, &key.namespace, &key.name, &endpoints, "endpoints")
+    }
+    fn refused(&self) {
+        self.metrics.config_update("api", false);
+    }
+    fn is_ready(&self) -> bool {
+        State::is_ready(self)
+    }
+    fn metrics(&self) -> Vec<u8> {
+        self.metrics.render()
+    }
+    fn stats(&self) -> Option<serde_json::Value> {
+        let snap = self.snapshot();
+        let mut revs: Vec<&Arc<crate::revision::Revision>> = snap.revisions.values().collect();
+        revs.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        let revisions: Vec<_> = revs
+            .into_iter()
+            .map(|r| {
+                let set = r.endpoints();
+                let w = r.stats.last_window();
+                json!({
+                    "namespace": &*r.namespace,
+                    "name": &*r.name,
+                    "endpoints": set.endpoints.len(),
+                    "in_flight": r.in_flight(),
+                    "held": r.held(),
+                    "concurrency": r.stats.concurrency(),
+                    "average_concurrency": w.average_concurrency,
+                    "requests": w.requests,
+                    "proxied_requests": w.proxied_requests,
+                })
+            })
+            .collect();
+        Some(json!({ "generation": snap.generation, "revisions": revisions }))
+    }
+}
+
+/// `services`, `ingresses` or `revisions` in a path.
+fn kind_of(plural: &str) -> Option<Kind> {
+    match plural {
+        "services" => Some(Kind::Service),
+        "ingresses" => Some(Kind::Ingress),
+        "revisions" => Some(Kind::Revision),
+        _ => None,
+    }
+}
+
+fn dry_run(req: &Request<Incoming>) -> bool {
+    req.uri().query().is_some_and(|q| {
+        q.split('&')
+            .any(|p| p == "dry_run=true" || p == "dry_run=1")
+    })
+}
+
+fn format_of(req: &Request<Incoming>) -> Format {
+    let yaml = req
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.contains("yaml"));
+    if yaml {
+        Format::Yaml
+    } else {
+        Format::Json
+    }
 }
 
 /// Whether the admin listener may bind `addr` (loopback, or any address with a token).
@@ -126,7 +252,7 @@ impl Admin {
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
         match (&method, segments.as_slice()) {
             (&Method::GET, ["readyz"]) => {
-                if self.state.is_ready() {
+                if self.api.is_ready() {
                     text(StatusCode::OK, "ready\n")
                 } else {
                     text(StatusCode::SERVICE_UNAVAILABLE, "no config loaded yet\n")
@@ -134,10 +260,10 @@ impl Admin {
             }
             (&Method::GET, ["metrics"]) => Response::builder()
                 .header("content-type", "text/plain; version=0.0.4")
-                .body(Full::new(Bytes::from(self.state.metrics.render())))
+                .body(Full::new(Bytes::from(self.api.metrics())))
                 .expect("valid response"),
             (&Method::GET, ["v1", "config"]) => {
-                let (generation, cfg) = self.state.config_view();
+                let (generation, cfg) = self.api.config();
                 json(
                     StatusCode::OK,
                     json!({ "generation": generation, "config": cfg }),
@@ -145,10 +271,29 @@ impl Admin {
             }
             (&Method::PUT, ["v1", "config"]) => self.put_config(req).await,
             (&Method::PUT, ["v1", "revisions", ns, name, "endpoints"]) => {
-                let (ns, name) = (ns.to_string(), name.to_string());
-                self.put_endpoints(req, &ns, &name).await
+                let key = Key::new(ns, name);
+                self.put_endpoints(req, key).await
             }
-            (&Method::GET, ["v1", "stats"]) => self.stats(),
+            (&Method::GET, ["v1", "stats"]) => match self.api.stats() {
+                Some(v) => json(StatusCode::OK, v),
+                None => text(StatusCode::NOT_FOUND, "not found\n"),
+            },
+            (m, ["v1", plural, ns, name]) if kind_of(plural).is_some() => {
+                let kind = kind_of(plural).expect("checked");
+                let key = Key::new(ns, name);
+                match *m {
+                    Method::GET => match self.api.object(kind, &key) {
+                        Some((generation, v)) => json(
+                            StatusCode::OK,
+                            json!({ "generation": generation, "object": v }),
+                        ),
+                        None => not_in_config(kind, &key),
+                    },
+                    Method::PUT => self.put_object(req, kind, key).await,
+                    Method::DELETE => self.delete_object(req, kind, key).await,
+                    _ => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
+                }
+            }
             (
                 _,
                 ["readyz" | "metrics"]
@@ -181,45 +326,72 @@ impl Admin {
     }
 
     async fn put_config(&self, req: Request<Incoming>) -> Resp {
-        let dry_run = req.uri().query().is_some_and(|q| {
-            q.split('&')
-                .any(|p| p == "dry_run=true" || p == "dry_run=1")
-        });
-        let yaml = req
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| ct.contains("yaml"));
-        let body = match read_body(req).await {
-            Ok(b) => b,
+        let dry_run = dry_run(&req);
+        let format = format_of(&req);
+        let text_body = match read_text(req).await {
+            Ok(t) => t,
             Err(resp) => return resp,
         };
-        let Ok(text_body) = std::str::from_utf8(&body) else {
-            return errors_json(
-                StatusCode::BAD_REQUEST,
-                &weir_config::ConfigError::new("", "the body is not UTF-8").into(),
-            );
-        };
-        let format = if yaml { Format::Yaml } else { Format::Json };
-        let cfg = match weir_config::load(text_body, format) {
+        let cfg = match weir_config::parse(&text_body, format) {
             Ok(c) => c,
             Err(errs) => {
-                self.state.metrics.config_update("api", false);
+                self.api.refused();
                 return errors_json(StatusCode::BAD_REQUEST, &errs);
             }
         };
-        if dry_run {
-            return match weir_config::compile(&cfg) {
-                Ok(_) => json(
-                    StatusCode::OK,
-                    json!({ "generation": self.state.generation(), "dry_run": true }),
-                ),
-                Err(errs) => errors_json(StatusCode::BAD_REQUEST, &errs),
-            };
+        self.apply(Update::whole(cfg), dry_run).await
+    }
+
+    /// `PUT /v1/{kind}/{namespace}/{name}`: the object in the body (YAML or JSON; its
+    /// `name` and `namespace` may be left out), checked against the rest of the config.
+    async fn put_object(&self, req: Request<Incoming>, kind: Kind, key: Key) -> Resp {
+        let dry_run = dry_run(&req);
+        let format = format_of(&req);
+        let body = match read_text(req).await {
+            Ok(t) => t,
+            Err(resp) => return resp,
+        };
+        let (ns, name) = (&*key.namespace, &*key.name);
+        let parsed = match kind {
+            Kind::Service => weir_config::parse_object(&body, format, ns, name)
+                .map(|o| Change::Service(key.clone(), Some(Arc::new(o)))),
+            Kind::Ingress => weir_config::parse_object(&body, format, ns, name)
+                .map(|o| Change::Ingress(key.clone(), Some(Arc::new(o)))),
+            Kind::Revision => weir_config::parse_object(&body, format, ns, name)
+                .map(|o| Change::Revision(key.clone(), Some(Arc::new(o)))),
+        };
+        match parsed {
+            Ok(change) => self.apply(Update::Changes(vec![change]), dry_run).await,
+            Err(errs) => {
+                self.api.refused();
+                errors_json(StatusCode::BAD_REQUEST, &errs)
+            }
         }
-        let state = self.state.clone();
-        // Compiling a large config is CPU work: keep it off the admin's accept loop.
-        match tokio::task::spawn_blocking(move || state.apply(cfg, "api")).await {
+    }
+
+    /// `DELETE /v1/{kind}/{namespace}/{name}`: refused while a route still sends to a
+    /// revision being deleted.
+    async fn delete_object(&self, req: Request<Incoming>, kind: Kind, key: Key) -> Resp {
+        if self.api.object(kind, &key).is_none() {
+            return not_in_config(kind, &key);
+        }
+        let change = match kind {
+            Kind::Service => Change::Service(key, None),
+            Kind::Ingress => Change::Ingress(key, None),
+            Kind::Revision => Change::Revision(key, None),
+        };
+        self.apply(Update::Changes(vec![change]), dry_run(&req))
+            .await
+    }
+
+    /// Applies off the admin's accept loop (a large config is CPU work to check).
+    async fn apply(&self, update: Update, dry_run: bool) -> Resp {
+        let api = self.api.clone();
+        match tokio::task::spawn_blocking(move || api.update(update, dry_run)).await {
+            Ok(Ok(generation)) if dry_run => json(
+                StatusCode::OK,
+                json!({ "generation": generation, "dry_run": true }),
+            ),
             Ok(Ok(generation)) => json(StatusCode::OK, json!({ "generation": generation })),
             Ok(Err(errs)) => errors_json(StatusCode::BAD_REQUEST, &errs),
             Err(e) => text(
@@ -229,7 +401,7 @@ impl Admin {
         }
     }
 
-    async fn put_endpoints(&self, req: Request<Incoming>, ns: &str, name: &str) -> Resp {
+    async fn put_endpoints(&self, req: Request<Incoming>, key: Key) -> Resp {
         #[derive(serde::Deserialize)]
         #[serde(deny_unknown_fields)]
         struct Body {
@@ -252,45 +424,46 @@ impl Admin {
                 )
             }
         };
-        match self
-            .state
-            .set_endpoints(ns, name, &parsed.endpoints, "endpoints")
-        {
-            Ok(generation) => json(StatusCode::OK, json!({ "generation": generation })),
-            Err(EndpointsError::UnknownRevision) => json(
-                StatusCode::NOT_FOUND,
-                json!({ "errors": [{ "path": "", "message": format!("revision {ns}/{name} is not in the config") }] }),
+        let api = self.api.clone();
+        let k = key.clone();
+        let result =
+            tokio::task::spawn_blocking(move || api.set_endpoints(&k, parsed.endpoints)).await;
+        match result {
+            Ok(Ok(generation)) => json(StatusCode::OK, json!({ "generation": generation })),
+            Ok(Err(EndpointsError::UnknownRevision)) => not_in_config(Kind::Revision, &key),
+            Ok(Err(EndpointsError::BadAddress(errs))) => {
+                errors_json(StatusCode::BAD_REQUEST, &errs)
+            }
+            Err(e) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("apply failed: {e}\n"),
             ),
-            Err(EndpointsError::BadAddress(errs)) => errors_json(StatusCode::BAD_REQUEST, &errs),
         }
     }
+}
 
-    fn stats(&self) -> Resp {
-        let snap = self.state.snapshot();
-        let revisions: Vec<_> = snap
-            .revisions
-            .iter()
-            .map(|r| {
-                let set = r.endpoints();
-                let w = r.stats.last_window();
-                json!({
-                    "namespace": &*r.namespace,
-                    "name": &*r.name,
-                    "endpoints": set.endpoints.len(),
-                    "in_flight": r.in_flight(),
-                    "held": r.held(),
-                    "concurrency": r.stats.concurrency(),
-                    "average_concurrency": w.average_concurrency,
-                    "requests": w.requests,
-                    "proxied_requests": w.proxied_requests,
-                })
-            })
-            .collect();
-        json(
-            StatusCode::OK,
-            json!({ "generation": self.state.generation(), "revisions": revisions }),
+/// 404 for an object the config does not have.
+fn not_in_config(kind: Kind, key: &Key) -> Resp {
+    let what = match kind {
+        Kind::Service => "service",
+        Kind::Ingress => "ingress",
+        Kind::Revision => "revision",
+    };
+    json(
+        StatusCode::NOT_FOUND,
+        json!({ "errors": [{ "path": "", "message": format!("{what} {key} is not in the config") }] }),
+    )
+}
+
+/// The body as UTF-8 text.
+async fn read_text(req: Request<Incoming>) -> Result<String, Resp> {
+    let body = read_body(req).await?;
+    String::from_utf8(body.to_vec()).map_err(|_| {
+        errors_json(
+            StatusCode::BAD_REQUEST,
+            &weir_config::ConfigError::new("", "the body is not UTF-8").into(),
         )
-    }
+    })
 }
 
 async fn read_body(req: Request<Incoming>) -> Result<Bytes, Resp> {

@@ -129,7 +129,7 @@ fn periodic(
     let now = unix_now();
     let uptime = started.elapsed().as_secs_f64();
     let mut messages = Vec::new();
-    for rev in snap.revisions.iter() {
+    for rev in snap.revisions.values() {
         let w = rev.stats.take_window();
         let key = (rev.namespace.to_string(), rev.name.to_string());
         let mut requests = w.requests as f64;

@@ -32,6 +32,10 @@ enum Cmd {
     Check {
         /// The config file (YAML, or JSON when it ends in .json).
         file: PathBuf,
+        /// Do not look endpoint names up in DNS (the output says so); everything else is
+        /// checked as an apply checks it.
+        #[arg(long)]
+        no_resolve: bool,
     },
     /// Run a proxy with built-in sample revisions on loopback and print curl commands to try.
     Demo(DemoArgs),
@@ -153,7 +157,7 @@ pub fn main() -> ExitCode {
         }
     };
     match cli.cmd {
-        Cmd::Check { file } => check(&file),
+        Cmd::Check { file, no_resolve } => check(&file, no_resolve),
         Cmd::Proxy(args) => proxy(args),
         Cmd::Control(args) => control(args),
         Cmd::Demo(args) => {
@@ -196,26 +200,45 @@ fn check_files(cfg: &Config, base: &Path) -> Vec<ConfigError> {
     }
 }
 
-fn check(file: &Path) -> ExitCode {
-    match load_file(file) {
-        Ok(cfg) => match weir_config::compile(&cfg) {
-            Ok(table) => {
-                println!("ok: {}", weir_config::summary(&cfg, &table));
-                ExitCode::SUCCESS
-            }
-            Err(errs) => {
-                for e in &errs.0 {
-                    eprintln!("{e}");
-                }
-                ExitCode::from(1)
-            }
-        },
-        Err(lines) => {
-            for l in lines {
-                eprintln!("{l}");
-            }
-            ExitCode::from(1)
+/// `weir check`: the config goes through the proxy's own update pipeline (validation,
+/// compile, endpoint names resolved, certificates read, as a proxy with TLS listeners would),
+/// applied to a state of its own, so it accepts exactly what an apply accepts.
+fn check(file: &Path, no_resolve: bool) -> ExitCode {
+    let fail = |lines: Vec<String>| {
+        for l in lines {
+            eprintln!("{l}");
         }
+        ExitCode::from(1)
+    };
+    let cfg = match std::fs::read_to_string(file)
+        .map_err(|e| vec![format!("{}: cannot read: {e}", file.display())])
+        .and_then(|text| {
+            weir_config::parse(&text, Format::from_path(&file.to_string_lossy()))
+                .map_err(|errs| errs.0.iter().map(ToString::to_string).collect())
+        }) {
+        Ok(c) => c,
+        Err(lines) => return fail(lines),
+    };
+    let state = server::new_state();
+    state.enable_tls(
+        crate::state::TlsStores::default(),
+        file.parent().unwrap_or(Path::new(".")).to_path_buf(),
+    );
+    let dns = if no_resolve {
+        crate::state::Dns::Skip
+    } else {
+        crate::state::Dns::Required
+    };
+    let opts = crate::state::ApplyOptions::new("check").dns(dns);
+    match state.update(weir_config::Update::whole(cfg), opts) {
+        Ok(_) => {
+            println!("ok: {}", state.snapshot().config.summary());
+            if no_resolve {
+                println!("note: endpoint names were not resolved (--no-resolve)");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(errs) => fail(errs.0.iter().map(ToString::to_string).collect()),
     }
 }
 
@@ -384,7 +407,7 @@ fn control(args: ControlArgs) -> ExitCode {
         Ok(t) => t,
         Err(code) => return code,
     };
-    crate::xds::run_control(crate::xds::ControlOptions {
+    crate::control_plane::run_control(crate::control_plane::ControlOptions {
         config_path: args.config,
         config: cfg,
         xds_listen: args.xds_listen,

@@ -133,8 +133,7 @@ async fn cold_start(state: Arc<State>) {
         let held = state
             .snapshot()
             .revisions
-            .iter()
-            .find(|r| &*r.name == "sleepy-00001")
+            .get(&weir_config::Key::new("default", "sleepy-00001"))
             .map_or(0, |r| r.held());
         if held > 0 {
             break;

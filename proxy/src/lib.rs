@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod autoscaler;
 pub mod cli;
+pub mod control_plane;
 pub mod demo;
 pub mod metrics;
 pub mod proxy_protocol;

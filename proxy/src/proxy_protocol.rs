@@ -167,7 +167,7 @@ impl PreTlsProcess for Reader {
         if !self
             .state
             .load()
-            .config
+            .settings()
             .listen
             .proxy_protocol
             .contains(&port)

@@ -152,11 +152,11 @@ impl WeirProxy {
     fn route(&self, req: &RequestHeader, ctx: &mut Ctx) -> Decision {
         use weir_config::request::{self, Decision as Decided};
         let snap = self.state.load();
-        if let Some((code, why)) = request::refused(req, &snap.config.limits) {
+        if let Some((code, why)) = request::refused(req, &snap.settings().limits) {
             return Decision::Respond(code, why.into());
         }
         let https = self.scheme.as_bytes() == b"https";
-        let routed = match request::decide(req, &snap.table, self.listener, https) {
+        let routed = match request::decide(req, &snap.config.table, self.listener, https) {
             Decided::Route(r) => r,
             Decided::Respond(code, body) => return Decision::Respond(code, body),
             Decided::Redirect(url) => return Decision::Redirect(url),
@@ -166,9 +166,7 @@ impl WeirProxy {
             Decided::Readiness => return Decision::Respond(503, "no config in force yet\n".into()),
         };
         let (rule, target) = (routed.rule, routed.target);
-        let Some(rev) = snap.revisions.get(target.revision.0 as usize) else {
-            return Decision::Respond(500, "internal routing error\n".into());
-        };
+        let rev = &target.revision;
         if req.headers.get(&PROBE_HEADER).map(HeaderValue::as_bytes) == Some(b"probe")
             && rev.would_hold()
         {
@@ -432,7 +430,7 @@ impl ProxyHttp for WeirProxy {
             req.insert_header(TAG_WIRE.clone(), tag.clone())?;
         }
         let snap = self.state.load();
-        let fwd = &snap.config.forwarded;
+        let fwd = &snap.settings().forwarded;
         if fwd.use_remote_address {
             if let Some(PingoraAddr::Inet(addr)) = session.client_addr() {
                 let xff = forwarded_for(req.headers.get(&XFF), addr.ip());

@@ -237,7 +237,7 @@ pub fn run(opts: ProxyOptions, rt: &tokio::runtime::Runtime, state: Arc<State>) 
     };
     let active = Arc::new(Active::default());
     let admin = Arc::new(Admin {
-        state: state.clone(),
+        api: state.clone(),
         token: opts.admin_token.clone(),
     });
     {
@@ -496,7 +496,8 @@ pub(crate) async fn reload_on_sighup(
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| format!("SIGHUP: cannot read {}: {e}", path.display()))?;
             let format = Format::from_path(&path.to_string_lossy());
-            let cfg = weir_config::load(&text, format).map_err(|errs| {
+            // Parsed here, checked once by the apply.
+            let cfg = weir_config::parse(&text, format).map_err(|errs| {
                 state.metrics.config_update("sighup", false);
                 format!(
                     "SIGHUP: {} is invalid, keeping the running config:\n{errs}",

@@ -1,6 +1,6 @@
-//! The proxy's shared state: the config snapshot in force (one `ArcSwap`), the registry of
-//! run-time revisions that outlive snapshots, generations, and the update entry points used
-//! by every config source (file, SIGHUP, control API).
+//! The proxy's shared state: the snapshot in force (one `ArcSwap`: config, routes and the
+//! run-time revisions, which outlive snapshots), generations, and the one update pipeline
+//! every config source goes through (file, SIGHUP, admin API, xDS, dry runs, `weir check`).
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -10,7 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use weir_config::{compile, Config, ConfigError, ConfigErrors, Endpoint, RouteTable};
+use weir_config::sharded::ShardedMap;
+use weir_config::{
+    Change, Compiled, Config, ConfigError, ConfigErrors, Endpoint, Key, Kind, Plan, Update,
+};
 
 use crate::metrics::Metrics;
 use crate::revision::{HeldMemory, Revision, Settings};
@@ -57,24 +60,20 @@ pub struct TlsStores {
 /// Everything a request needs, from one config generation.
 pub struct Snapshot {
     pub generation: u64,
-    /// The config as last applied whole (endpoints as given then; see [`State::config_view`]).
-    pub config: Arc<Config>,
-    pub table: RouteTable,
-    /// Run-time revisions, indexed like `table.revisions()`.
-    pub revisions: Box<[Arc<Revision>]>,
+    /// Settings, objects and routes; the routes' targets are run-time revisions.
+    pub config: Compiled<Arc<Revision>>,
+    /// Run-time revisions by key. An entry lives from the generation that declares its
+    /// revision to the one that deletes it, so in-flight counts and held requests carry
+    /// over every update in between.
+    pub revisions: ShardedMap<Key, Arc<Revision>>,
 }
 
-/// What changed in a generation, for listeners such as the xDS server of `weir control`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Change {
-    /// A whole config was applied (routes may have changed).
-    Config { generation: u64 },
-    /// Only the endpoints of one revision changed.
-    Endpoints {
-        generation: u64,
-        namespace: Arc<str>,
-        name: Arc<str>,
-    },
+impl Snapshot {
+    /// The settings in force (the config without its services, ingresses and revisions).
+    #[inline]
+    pub fn settings(&self) -> &Config {
+        &self.config.settings
+    }
 }
 
 /// Why an endpoints update was refused.
@@ -84,14 +83,45 @@ pub enum EndpointsError {
     BadAddress(ConfigErrors),
 }
 
-/// (namespace, name) -> run-time revision.
-type Registry = HashMap<(Arc<str>, Arc<str>), Arc<Revision>>;
+/// How an update is applied.
+#[derive(Debug, Clone, Copy)]
+pub struct ApplyOptions {
+    /// Where it comes from, for logs and `weir_config_updates_total`.
+    pub source: &'static str,
+    pub dns: Dns,
+    /// Check everything the apply would (validation, names, certificates), publish nothing.
+    pub dry_run: bool,
+}
+
+impl ApplyOptions {
+    pub fn new(source: &'static str) -> ApplyOptions {
+        ApplyOptions {
+            source,
+            dns: Dns::Required,
+            dry_run: false,
+        }
+    }
+
+    pub fn dns(self, dns: Dns) -> ApplyOptions {
+        ApplyOptions { dns, ..self }
+    }
+
+    pub fn dry_run(self, dry_run: bool) -> ApplyOptions {
+        ApplyOptions { dry_run, ..self }
+    }
+}
+
+/// The addresses of one revision's endpoints, resolved ahead of publishing.
+struct Resolved {
+    key: Key,
+    addrs: Vec<SocketAddr>,
+    /// Some declared name gave no address ([`Dns::BestEffort`]).
+    unresolved: bool,
+    declared: Vec<Endpoint>,
+}
 
 pub struct State {
     current: ArcSwap<Snapshot>,
-    /// (namespace, name) -> revision; entries survive config updates so in-flight counts and
-    /// held requests carry over.
-    registry: Mutex<Registry>,
     generation: AtomicU64,
     ready: AtomicBool,
     /// Routes come from xDS and its first complete config is not in force yet.
@@ -102,7 +132,6 @@ pub struct State {
     file: Mutex<Arc<Config>>,
     /// Serialises updates so that generations are applied in order.
     update_lock: Mutex<()>,
-    changes: tokio::sync::broadcast::Sender<Change>,
     /// The TLS listeners' certificates and the directory their paths are relative to.
     tls: std::sync::OnceLock<(TlsStores, PathBuf)>,
     pub edge: Edge,
@@ -112,23 +141,18 @@ pub struct State {
 impl State {
     /// A state with an empty config (generation 0, not ready).
     pub fn new(metrics: Arc<Metrics>) -> Arc<State> {
-        let cfg = Config::empty();
-        let table = compile(&cfg).expect("the empty config compiles");
         Arc::new(State {
             current: ArcSwap::from_pointee(Snapshot {
                 generation: 0,
-                config: Arc::new(cfg),
-                table,
-                revisions: Box::new([]),
+                config: Compiled::default(),
+                revisions: ShardedMap::default(),
             }),
-            registry: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
             ready: AtomicBool::new(false),
             awaiting_xds: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             file: Mutex::new(Arc::new(Config::empty())),
             update_lock: Mutex::new(()),
-            changes: tokio::sync::broadcast::channel(1024).0,
             tls: std::sync::OnceLock::new(),
             edge: Edge::default(),
             metrics,
@@ -155,14 +179,8 @@ impl State {
         let _ = self.tls.set((stores, base));
     }
 
-    /// Every applied change from now on. A receiver that lags behind gets `Lagged` and should
-    /// resynchronise from [`State::config_view`].
-    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Change> {
-        self.changes.subscribe()
-    }
-
     /// Routes come from xDS: not ready until a config applied from `xds` is in force (a
-    /// config file or control API update before that does not make the proxy ready).
+    /// config file or admin API update before that does not make the proxy ready).
     pub fn await_xds(&self) {
         self.awaiting_xds.store(true, Ordering::SeqCst);
     }
@@ -187,190 +205,316 @@ impl State {
         *self.file.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(cfg);
     }
 
-    /// Validates, compiles and publishes `cfg`; every endpoint name must resolve. On error
-    /// nothing changes.
-    pub fn apply(&self, cfg: Config, source: &str) -> Result<u64, ConfigErrors> {
-        self.apply_with(cfg, source, Dns::Required)
+    /// Applies the whole config `cfg`; every endpoint name must resolve. On error nothing
+    /// changes.
+    pub fn apply(&self, cfg: Config, source: &'static str) -> Result<u64, ConfigErrors> {
+        self.update(Update::whole(cfg), ApplyOptions::new(source))
     }
 
     /// [`State::apply`] with `dns` deciding whether a name that does not resolve is an error.
-    pub fn apply_with(&self, cfg: Config, source: &str, dns: Dns) -> Result<u64, ConfigErrors> {
-        let _updating = self.update_lock.lock().unwrap_or_else(|p| p.into_inner());
+    pub fn apply_with(
+        &self,
+        cfg: Config,
+        source: &'static str,
+        dns: Dns,
+    ) -> Result<u64, ConfigErrors> {
+        self.update(Update::whole(cfg), ApplyOptions::new(source).dns(dns))
+    }
+
+    /// The one way a config changes, whatever its source: plan (validate, compile what
+    /// changed), prepare (resolve the changed revisions' endpoint names, read certificates),
+    /// then publish, unless it is a dry run. The new generation, or the current one for a
+    /// dry run; on error nothing changes.
+    pub fn update(&self, update: Update, opts: ApplyOptions) -> Result<u64, ConfigErrors> {
         let started = Instant::now();
-        let result = self.apply_locked(cfg, dns);
-        if result.is_ok() && source == "xds" {
-            self.awaiting_xds.store(false, Ordering::SeqCst);
-        }
-        self.metrics.config_update(source, result.is_ok());
-        if let Ok((g, compiled)) = result {
+        let result = self.update_counted(update, opts);
+        if let (Ok((g, changed)), false) = (&result, opts.dry_run) {
             log::info!(
-                "config generation {g} applied from {source} in {:.1} ms (compile {:.1} ms)",
+                "config generation {g} applied from {} in {:.1} ms ({changed} object(s) changed)",
+                opts.source,
                 started.elapsed().as_secs_f64() * 1e3,
-                compiled.as_secs_f64() * 1e3
             );
         }
         result.map(|(g, _)| g)
     }
 
-    /// The new generation and the time its compile took.
-    fn apply_locked(&self, cfg: Config, dns: Dns) -> Result<(u64, Duration), ConfigErrors> {
-        let started = Instant::now();
-        let table = compile(&cfg)?;
-        let compiled = started.elapsed();
-        let resolved = resolve_all(&cfg, dns)?;
-        let certs = match self.tls.get() {
-            Some((_, base)) => Some(tls::load(&cfg, base)?),
-            None => None,
-        };
-        let queue_depth = cfg.hold.queue_depth as usize;
-        let poke_interval = cfg
-            .autoscaler
-            .as_ref()
-            .and_then(|a| a.interval.get())
-            .unwrap_or(std::time::Duration::from_secs(1));
-        let held_memory = cfg
-            .limits
-            .held_memory_per_revision
-            .get()
-            .unwrap_or(u64::MAX);
-        let settings = |spec: &weir_config::RevisionSpec| Settings {
-            container_concurrency: spec.container_concurrency,
-            timeout: spec.timeout,
-            protocol: spec.protocol,
-            queue_depth,
-            held_memory,
-            poke_interval,
-        };
-
-        let mut registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
-        let mut next: Registry = HashMap::with_capacity(table.revisions().len());
-        let mut revisions = Vec::with_capacity(table.revisions().len());
-        let mut to_update = Vec::with_capacity(table.revisions().len());
-        for (spec, (addrs, unresolved)) in table.revisions().iter().zip(resolved) {
-            let key = (spec.namespace.clone(), spec.name.clone());
-            let rev = match registry.get(&key) {
-                Some(r) => r.clone(),
-                None => Revision::new(
-                    &spec.namespace,
-                    &spec.name,
-                    settings(spec),
-                    self.metrics.clone(),
-                    self.edge.held_memory.clone(),
-                ),
-            };
-            to_update.push((rev.clone(), addrs, unresolved, spec.clone()));
-            revisions.push(rev.clone());
-            next.insert(key, rev);
+    /// [`State::update`] without its log line: (generation, objects changed).
+    fn update_counted(
+        &self,
+        update: Update,
+        opts: ApplyOptions,
+    ) -> Result<(u64, usize), ConfigErrors> {
+        let _updating = self.update_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let result = self.update_locked(update, opts);
+        if opts.dry_run {
+            return result.map(|(_, n)| (self.generation(), n));
         }
-        for (key, _) in registry.iter() {
-            if !next.contains_key(key) {
-                self.metrics.forget_revision(&key.0, &key.1);
+        if result.is_ok() && opts.source == "xds" {
+            self.awaiting_xds.store(false, Ordering::SeqCst);
+        }
+        self.metrics.config_update(opts.source, result.is_ok());
+        result
+    }
+
+    /// The new generation and how many objects changed.
+    fn update_locked(
+        &self,
+        update: Update,
+        opts: ApplyOptions,
+    ) -> Result<(u64, usize), ConfigErrors> {
+        let cur = self.current.load_full();
+        let whole = matches!(update, Update::Whole(_));
+        // Revisions a changed route names that have no run-time revision yet (declared in
+        // this same update): made here, kept if the update is published.
+        let mut created: HashMap<Key, Arc<Revision>> = HashMap::new();
+        let plan = cur.config.plan(update, |k| match cur.revisions.get(k) {
+            Some(r) => r.clone(),
+            None => created
+                .entry(k.clone())
+                .or_insert_with(|| self.new_revision(k))
+                .clone(),
+        })?;
+
+        // Prepare: what needs the outside world, so that a dry run checks it too.
+        let mut errors = Vec::new();
+        let mut resolved = Vec::new();
+        for (k, r) in plan.revisions_put() {
+            match resolve_revision(r, opts.dns) {
+                Ok((addrs, unresolved, declared)) => resolved.push(Resolved {
+                    key: k.clone(),
+                    addrs,
+                    unresolved,
+                    declared,
+                }),
+                Err(errs) => errors.extend(errs.into_iter().map(|(j, why)| {
+                    ConfigError::new(
+                        format!("{}.endpoints[{j}]", plan.path_of(Kind::Revision, k)),
+                        why,
+                    )
+                })),
             }
         }
-        *registry = next;
-        drop(registry);
+        let certs = match (self.tls.get(), whole) {
+            (Some((_, base)), true) => match tls::load(&plan.next.settings, base) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    errors.extend(e.0);
+                    None
+                }
+            },
+            _ => None,
+        };
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        let changed = plan.changes.len();
+        if opts.dry_run {
+            return Ok((cur.generation, changed));
+        }
+        Ok((self.publish(&cur, plan, created, resolved, certs), changed))
+    }
 
-        self.edge.apply(&cfg.limits);
+    fn new_revision(&self, k: &Key) -> Arc<Revision> {
+        Revision::new(
+            &k.namespace,
+            &k.name,
+            revision_settings(&Config::empty(), None),
+            self.metrics.clone(),
+            self.edge.held_memory.clone(),
+        )
+    }
+
+    /// Puts `plan` in force: run-time revisions made and dropped, the snapshot swapped,
+    /// certificates and endpoints replaced.
+    fn publish(
+        &self,
+        cur: &Snapshot,
+        plan: Plan<Arc<Revision>>,
+        mut created: HashMap<Key, Arc<Revision>>,
+        resolved: Vec<Resolved>,
+        certs: Option<tls::Loaded>,
+    ) -> u64 {
+        let settings = plan.next.settings.clone();
+        let mut revisions = cur.revisions.clone();
+        for c in &plan.changes {
+            if let Change::Revision(k, None) = c {
+                if revisions.remove(k).is_some() {
+                    self.metrics.forget_revision(&k.namespace, &k.name);
+                }
+            }
+        }
+        for (k, _) in plan.revisions_put() {
+            if !revisions.contains_key(k) {
+                let rev = created.remove(k).unwrap_or_else(|| self.new_revision(k));
+                revisions.insert(k.clone(), rev);
+            }
+        }
+        if plan.settings_changed || cur.generation == 0 {
+            self.edge.apply(&settings.limits);
+        }
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        let old = self.current.swap(Arc::new(Snapshot {
+        let next = Arc::new(Snapshot {
             generation,
-            config: Arc::new(cfg),
-            table,
-            revisions: revisions.into_boxed_slice(),
-        }));
+            config: plan.next,
+            revisions,
+        });
+        let old = self.current.swap(next.clone());
         drop_elsewhere(old);
         if let (Some((external, internal)), Some((stores, _))) = (certs, self.tls.get()) {
             stores.external.store(external);
             stores.internal.store(internal);
         }
         // Endpoints last: requests released by new capacity already see the new routes.
-        for (rev, addrs, unresolved, spec) in to_update {
-            rev.set_declared(spec.endpoints.clone());
-            rev.update_resolved(&addrs, unresolved, settings(&spec));
+        let objects = &next.config.objects;
+        for r in &resolved {
+            if let Some(rev) = next.revisions.get(&r.key) {
+                rev.set_declared(r.declared.clone());
+                let spec = objects.revisions.get(&r.key).map(|r| &**r);
+                rev.update_resolved(&r.addrs, r.unresolved, revision_settings(&settings, spec));
+            }
+        }
+        if plan.settings_changed {
+            // Queue depth, poke interval or default timeout may have changed for all.
+            for (k, rev) in next.revisions.iter() {
+                if resolved.iter().any(|r| r.key == *k) {
+                    continue;
+                }
+                let spec = objects.revisions.get(k).map(|r| &**r);
+                let set = rev.endpoint_set();
+                let addrs: Vec<SocketAddr> = set.endpoints.iter().map(|e| e.addr).collect();
+                rev.update_resolved(&addrs, set.unresolved, revision_settings(&settings, spec));
+            }
         }
         self.metrics.config_generation.set(generation as i64);
         self.ready.store(true, Ordering::SeqCst);
-        let _ = self.changes.send(Change::Config { generation });
-        Ok((generation, compiled))
+        generation
     }
 
-    /// Replaces one revision's endpoints without recompiling routes; wakes held requests.
+    /// Replaces one revision's endpoints (the revision object with new `endpoints`, through
+    /// the same pipeline as any update: no route is compiled); wakes held requests.
     pub fn set_endpoints(
         &self,
         namespace: &str,
         name: &str,
         endpoints: &[String],
-        source: &str,
+        source: &'static str,
     ) -> Result<u64, EndpointsError> {
-        let _updating = self.update_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let rev = {
-            let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
-            registry
-                .get(&(Arc::from(namespace), Arc::from(name)))
-                .cloned()
-                .ok_or(EndpointsError::UnknownRevision)?
+        let key = Key::new(namespace, name);
+        let Some(old) = self.load().config.objects.revisions.get(&key).cloned() else {
+            return Err(EndpointsError::UnknownRevision);
         };
-        let mut errors = Vec::new();
-        let mut addrs = Vec::with_capacity(endpoints.len());
-        let mut declared = Vec::with_capacity(endpoints.len());
-        for (i, e) in endpoints.iter().enumerate() {
-            match weir_config::parse_endpoint(e)
-                .map_err(|why| format!("{e:?}: {why}"))
-                .and_then(|ep| {
-                    let a = resolve(&ep)?;
-                    declared.push(ep);
-                    Ok(a)
-                }) {
-                Ok(a) => addrs.push(a),
-                Err(why) => errors.push(ConfigError::new(format!("endpoints[{i}]"), why)),
-            }
-        }
-        if !errors.is_empty() {
-            self.metrics.config_update(source, false);
-            return Err(EndpointsError::BadAddress(ConfigErrors(errors)));
-        }
-        addrs.dedup();
-        let set = rev.endpoint_set();
-        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        rev.set_declared(declared);
-        rev.update(&addrs, set.settings);
-        self.metrics.config_generation.set(generation as i64);
-        self.metrics.config_update(source, true);
-        let _ = self.changes.send(Change::Endpoints {
-            generation,
-            namespace: rev.namespace.clone(),
-            name: rev.name.clone(),
-        });
+        let mut rev = (*old).clone();
+        rev.endpoints = endpoints.to_vec();
+        let update = Update::Changes(vec![Change::Revision(key, Some(Arc::new(rev)))]);
+        let (generation, _) = self
+            .update_counted(update, ApplyOptions::new(source))
+            .map_err(|errs| {
+                // Paths relative to the body: `endpoints[0]`.
+                let prefix = format!("revisions[{namespace}/{name}].");
+                EndpointsError::BadAddress(ConfigErrors(
+                    errs.0
+                        .into_iter()
+                        .map(|e| {
+                            let path = e.path.strip_prefix(&prefix).unwrap_or(&e.path).to_owned();
+                            ConfigError::new(path, e.message)
+                        })
+                        .collect(),
+                ))
+            })?;
         log::info!(
             "generation {generation}: {namespace}/{name} has {} endpoint(s) (from {source})",
-            addrs.len()
+            endpoints.len()
         );
         Ok(generation)
     }
 
-    /// The config in force, with each revision's current endpoints (which endpoint-only
-    /// updates change without replacing the snapshot).
+    /// The config in force.
     pub fn config_view(&self) -> (u64, Config) {
         let snap = self.snapshot();
-        let generation = self.generation();
-        let mut cfg = (*snap.config).clone();
-        for (r, rev) in cfg.revisions.iter_mut().zip(snap.revisions.iter()) {
-            r.endpoints = rev
-                .endpoints()
-                .endpoints
-                .iter()
-                .map(|e| e.addr.to_string())
-                .collect();
-        }
-        (generation, cfg)
+        (snap.generation, snap.config.config())
     }
+}
+
+/// How revision `spec` is served under `settings` (`None`: defaults until its object is
+/// known).
+pub fn revision_settings(
+    settings: &Config,
+    spec: Option<&weir_config::model::Revision>,
+) -> Settings {
+    Settings {
+        container_concurrency: spec.map_or(0, |r| r.container_concurrency),
+        timeout: match spec {
+            Some(r) => settings.revision_timeout(r),
+            None => settings
+                .hold
+                .timeout
+                .get()
+                .unwrap_or(Duration::from_secs(300)),
+        },
+        protocol: spec.map(|r| r.protocol).unwrap_or_default(),
+        queue_depth: settings.hold.queue_depth as usize,
+        held_memory: settings
+            .limits
+            .held_memory_per_revision
+            .get()
+            .unwrap_or(u64::MAX),
+        poke_interval: settings
+            .autoscaler
+            .as_ref()
+            .and_then(|a| a.interval.get())
+            .unwrap_or(Duration::from_secs(1)),
+    }
+}
+
+/// A revision's endpoints resolved: (addresses, whether some name gave none, the declared
+/// endpoints), or per bad endpoint its index and why.
+type ResolvedEndpoints = (Vec<SocketAddr>, bool, Vec<Endpoint>);
+
+fn resolve_revision(
+    r: &weir_config::model::Revision,
+    dns: Dns,
+) -> Result<ResolvedEndpoints, Vec<(usize, String)>> {
+    let mut errors = Vec::new();
+    let mut addrs = Vec::with_capacity(r.endpoints.len());
+    let mut declared = Vec::with_capacity(r.endpoints.len());
+    let mut unresolved = false;
+    for (j, e) in r.endpoints.iter().enumerate() {
+        let ep = match weir_config::parse_endpoint(e) {
+            Ok(ep) => ep,
+            Err(why) => {
+                errors.push((j, format!("{e:?}: {why}")));
+                continue;
+            }
+        };
+        match (&ep, dns) {
+            (Endpoint::Name(..), Dns::Skip) => unresolved = true,
+            _ => match resolve(&ep) {
+                Ok(a) => addrs.push(a),
+                Err(why) if dns == Dns::BestEffort => {
+                    log::warn!(
+                        "revision {}/{}: {why}; retrying every {DNS_REFRESH:?}",
+                        r.namespace,
+                        r.name
+                    );
+                    unresolved = true;
+                }
+                Err(why) => errors.push((j, why)),
+            },
+        }
+        declared.push(ep);
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    addrs.dedup();
+    Ok((addrs, unresolved, declared))
 }
 
 /// Frees a replaced snapshot on another thread: a 10,000-service table takes milliseconds to
 /// free, which would otherwise delay the update's answer (and the next update). Requests still
 /// holding it keep it alive as before; whoever lets go last frees it.
 fn drop_elsewhere(old: Arc<Snapshot>) {
-    if Arc::strong_count(&old) > 1 || old.revisions.len() < 1000 {
+    if Arc::strong_count(&old) > 1 || old.config.objects.len() < 1000 {
         return; // someone else drops it last, or it is small
     }
     if std::thread::Builder::new()
@@ -385,48 +529,13 @@ fn drop_elsewhere(old: Arc<Snapshot>) {
 /// Whether an endpoint name that does not resolve is an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dns {
-    /// It is (config file, control API): the operator hears of the typo at once.
+    /// It is (config file, admin API): the operator hears of the typo at once.
     Required,
     /// It is not (xDS: one unresolvable `LOGICAL_DNS` name must not refuse every other
     /// cluster); the revision answers 502 until the name resolves on a later refresh.
     BestEffort,
-}
-
-/// Resolves every revision's endpoints: per revision, the addresses and whether some
-/// declared name gave none (only with [`Dns::BestEffort`]; with [`Dns::Required`] a name that
-/// does not resolve is an error with its path).
-fn resolve_all(cfg: &Config, dns: Dns) -> Result<Vec<(Vec<SocketAddr>, bool)>, ConfigErrors> {
-    let mut errors = Vec::new();
-    let mut out = Vec::with_capacity(cfg.revisions.len());
-    for (i, r) in cfg.revisions.iter().enumerate() {
-        let mut addrs = Vec::with_capacity(r.endpoints.len());
-        let mut unresolved = false;
-        for (j, e) in r.endpoints.iter().enumerate() {
-            let parsed = weir_config::parse_endpoint(e).map_err(|w| format!("{e:?}: {w}"));
-            match parsed.and_then(|ep| resolve(&ep)) {
-                Ok(a) => addrs.push(a),
-                Err(why) if dns == Dns::BestEffort => {
-                    log::warn!(
-                        "revision {}/{}: {why}; retrying every {DNS_REFRESH:?}",
-                        r.namespace,
-                        r.name
-                    );
-                    unresolved = true;
-                }
-                Err(why) => errors.push(ConfigError::new(
-                    format!("revisions[{i}].endpoints[{j}]"),
-                    why,
-                )),
-            }
-        }
-        addrs.dedup();
-        out.push((addrs, unresolved));
-    }
-    if errors.is_empty() {
-        Ok(out)
-    } else {
-        Err(ConfigErrors(errors))
-    }
+    /// Names are not looked up at all (`weir check --no-resolve`; never published).
+    Skip,
 }
 
 /// How often endpoint names are resolved again (Envoy's default `dns_refresh_rate`).
@@ -440,7 +549,7 @@ pub async fn refresh_dns(state: Arc<State>) {
         let snap = state.snapshot();
         let named: Vec<Arc<Revision>> = snap
             .revisions
-            .iter()
+            .values()
             .filter(|r| r.declared().iter().any(|e| matches!(e, Endpoint::Name(..))))
             .cloned()
             .collect();

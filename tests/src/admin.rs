@@ -34,23 +34,45 @@ where
 
 /// `PUT url` with a JSON body, on a fresh client.
 pub async fn put_json(url: &str, body: &Value) -> Response {
-    let resp = new_client()
-        .put(url)
-        .json(body)
+    request_json(reqwest::Method::PUT, url, Some(body)).await
+}
+
+/// `method url` with an optional JSON body, on a fresh client; any answer.
+pub async fn request_json(method: reqwest::Method, url: &str, body: Option<&Value>) -> Response {
+    let mut req = new_client().request(method.clone(), url);
+    if let Some(b) = body {
+        req = req.json(b);
+    }
+    let resp = req
         .send()
         .await
-        .unwrap_or_else(|e| panic!("PUT {url}: {e:?}"));
+        .unwrap_or_else(|e| panic!("{method} {url}: {e:?}"));
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let body = resp
         .text()
         .await
-        .unwrap_or_else(|e| panic!("PUT {url}: reading the body: {e:?}"));
+        .unwrap_or_else(|e| panic!("{method} {url}: reading the body: {e:?}"));
     Response {
         status,
         headers,
         body,
     }
+}
+
+/// `PUT /v1/{kind}/{ns}/{name}` (kind: `services`, `ingresses` or `revisions`) on the admin
+/// API at `admin_url`; panics unless the answer is 200.
+pub async fn put_object_at(
+    admin_url: &str,
+    kind: &str,
+    namespace: &str,
+    name: &str,
+    object: &Value,
+) -> Response {
+    let url = format!("{admin_url}/v1/{kind}/{namespace}/{name}");
+    let r = put_json(&url, object).await;
+    assert_eq!(r.status, 200, "PUT {url}: {r:?}");
+    r
 }
 
 /// The first sample called `name` whose labels include all of `labels`.

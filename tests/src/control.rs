@@ -134,6 +134,17 @@ impl WeirControl {
         crate::admin::put_config_at(&self.admin_url(), config).await
     }
 
+    /// `PUT /v1/{kind}/{ns}/{name}`; panics unless the answer is 200.
+    pub async fn put_object(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        object: &Value,
+    ) -> Response {
+        crate::admin::put_object_at(&self.admin_url(), kind, namespace, name, object).await
+    }
+
     /// `PUT /v1/revisions/{ns}/{name}/endpoints`; panics unless the answer is 200.
     pub async fn put_endpoints(
         &self,

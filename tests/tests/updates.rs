@@ -1,12 +1,15 @@
-//! Live updates (CONTRACT.md section 4): 200 split changes under steady load fail nothing,
-//! directly and through `weir control` to two proxies; invalid updates through the API,
-//! SIGHUP and dry runs change nothing; the admin token and the body limit.
+//! Live updates: 200 split changes under steady load fail nothing, directly and through
+//! `weir control` to two proxies (whole configs and one service at a time); the per-object
+//! endpoints; invalid updates through the API, SIGHUP and dry runs change nothing, and dry
+//! runs and `weir check` refuse what an apply refuses; the admin token and the body limit.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use reqwest::Method;
 use serde_json::{json, Value};
+use weir_tests::admin::request_json;
 use weir_tests::{
     eventually, free_port, new_client, put_json, start_control, try_send, weir_bin, Backend,
     Signal, Weir,
@@ -194,7 +197,14 @@ async fn split_changes_through_weir_control_reach_two_proxies_without_failures()
     for k in 1..=CHANGES {
         let (cfg, allowed) = step(k, &endpoints);
         let sent = Instant::now();
-        control.put_config(&cfg).await;
+        if k.is_multiple_of(2) {
+            control.put_config(&cfg).await;
+        } else {
+            // Odd steps change the one service through its own endpoint.
+            control
+                .put_object("services", "default", "hello", &cfg["services"][0])
+                .await;
+        }
         applied.lock().unwrap().push((sent, allowed));
     }
     // The last change reaches both proxies.
@@ -319,6 +329,220 @@ async fn invalid_updates_change_nothing() {
         .await,
         "the valid SIGHUP reload was not applied"
     );
+}
+
+/// The `path` of every error in a 400 answer.
+fn error_paths(r: &weir_tests::Response) -> Vec<String> {
+    r.json()["errors"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no errors in {r:?}"))
+        .iter()
+        .map(|e| e["path"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn one_object_at_a_time() {
+    let (_b, endpoints) = backends();
+    let (good, _) = step(0, &endpoints);
+    let weir = Weir::start(weir_bin!(), &good);
+    let admin = weir.admin_url();
+    let url = |p: &str| format!("{admin}/v1/{p}");
+    let generation = || async {
+        let r = weir_tests::get(&url("config"), "", &[]).await;
+        r.json()["generation"].as_u64().expect("generation")
+    };
+    let served = || async {
+        let client = new_client();
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..40 {
+            let r = try_send(&client, &format!("{}/", weir.http_url()), HOST, &[])
+                .await
+                .expect("a response");
+            seen.insert(format!("{} {}", r.status, r.revision().unwrap_or_default()));
+        }
+        seen.into_iter().collect::<Vec<_>>()
+    };
+    let g0 = generation().await;
+
+    // GET one object.
+    let r = request_json(Method::GET, &url("services/default/hello"), None).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["object"]["traffic"][0]["revision"], "r1");
+    assert_eq!(r.json()["generation"], g0);
+    let r = request_json(Method::GET, &url("revisions/default/nope"), None).await;
+    assert_eq!(r.status, 404, "{r:?}");
+
+    // A service naming an unknown revision: 400 with the path, nothing changed.
+    let bad = json!({"traffic": [{"revision": "nope", "percent": 100}]});
+    let r = put_json(&url("services/default/hello"), &bad).await;
+    assert_eq!(r.status, 400, "{r:?}");
+    assert_eq!(
+        error_paths(&r),
+        ["services[default/hello].traffic[0].revision"]
+    );
+    // A body that names another object.
+    let other = json!({"name": "other", "traffic": [{"revision": "r1", "percent": 100}]});
+    let r = put_json(&url("services/default/hello"), &other).await;
+    assert_eq!((r.status, error_paths(&r)), (400, vec!["name".to_string()]));
+    // A revision still in use cannot go.
+    let r = request_json(Method::DELETE, &url("revisions/default/r2"), None).await;
+    assert_eq!(r.status, 400, "{r:?}");
+    assert_eq!(error_paths(&r), ["revisions[default/r2]"]);
+    assert_eq!(generation().await, g0);
+    assert!(served()
+        .await
+        .iter()
+        .all(|s| s == "200 r1" || s == "200 r2"));
+
+    // A dry run is checked and not applied.
+    let to_r3 = json!({"traffic": [{"revision": "r3", "percent": 100}]});
+    let r = put_json(&url("services/default/hello?dry_run=true"), &to_r3).await;
+    assert_eq!((r.status, r.json()["dry_run"].clone()), (200, json!(true)));
+    assert_eq!(generation().await, g0);
+
+    // The service alone changes: one generation, served at once.
+    let r = put_json(&url("services/default/hello"), &to_r3).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["generation"], g0 + 1);
+    assert_eq!(served().await, ["200 r3"]);
+    // r1 is free now: it can go, and a new revision comes in YAML.
+    let r = request_json(Method::DELETE, &url("revisions/default/r1"), None).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = new_client()
+        .put(url("revisions/default/r4"))
+        .header("content-type", "application/yaml")
+        .body(format!(
+            "endpoints: [\"{}\"]\ncontainer_concurrency: 2\n",
+            endpoints[1]
+        ))
+        .send()
+        .await
+        .expect("PUT a revision as YAML");
+    assert_eq!(r.status().as_u16(), 200);
+    let r = request_json(Method::GET, &url("revisions/default/r4"), None).await;
+    assert_eq!(r.json()["object"]["container_concurrency"], 2);
+    // An ingress of its own hosts.
+    let ing = json!({"rules": [{"hosts": ["api.example.com"], "paths": [
+        {"splits": [{"revision": "r4", "percent": 100}]}]}]});
+    let r = put_json(&url("ingresses/default/api"), &ing).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = weir_tests::get(&format!("{}/", weir.http_url()), "api.example.com", &[]).await;
+    assert_eq!(
+        (r.status, r.revision()),
+        (200, Some("r2")),
+        "r4 is served by r2's backend"
+    );
+    // An ingress may not take a host a service has.
+    let clash = json!({"rules": [{"hosts": [HOST], "paths": [
+        {"splits": [{"revision": "r4", "percent": 100}]}]}]});
+    let r = put_json(&url("ingresses/default/clash"), &clash).await;
+    assert_eq!(r.status, 400, "{r:?}");
+    assert_eq!(
+        error_paths(&r),
+        ["ingresses[default/clash].rules[0].hosts[0]"]
+    );
+
+    // The whole config shows every change.
+    let cfg = weir_tests::get(&url("config"), "", &[]).await.json();
+    let names = |list: &str| -> Vec<String> {
+        cfg["config"][list]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(names("revisions"), ["r2", "r3", "r4"]);
+    assert_eq!(names("ingresses"), ["api"]);
+
+    // The service goes; its host with it.
+    let r = request_json(Method::DELETE, &url("services/default/hello"), None).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = weir_tests::get(&format!("{}/", weir.http_url()), HOST, &[]).await;
+    assert_eq!(r.status, 404, "{r:?}");
+    let r = request_json(Method::DELETE, &url("services/default/hello"), None).await;
+    assert_eq!(r.status, 404, "{r:?}");
+    let r = request_json(Method::POST, &url("services/default/hello"), None).await;
+    assert_eq!(r.status, 405, "{r:?}");
+}
+
+#[tokio::test]
+async fn dry_runs_and_weir_check_refuse_what_the_apply_refuses() {
+    let (_b, endpoints) = backends();
+    let (good, _) = step(0, &endpoints);
+    let ca = weir_tests::tls::TestCa::generate();
+    let leaf = ca.issue(&[HOST]);
+    let mut with_tls = good.clone();
+    with_tls["tls"] =
+        json!([{"hosts": [HOST], "cert_pem": leaf.cert_pem, "key_pem": leaf.key_pem}]);
+    let weir = Weir::builder(weir_bin!(), &with_tls).https().start();
+    let admin = weir.admin_url();
+    let generation = || async {
+        let r = weir_tests::get(&format!("{admin}/v1/config"), "", &[]).await;
+        r.json()["generation"].as_u64().expect("generation")
+    };
+    let g0 = generation().await;
+
+    // An endpoint name that does not resolve; a certificate that is not one.
+    let mut unresolvable = with_tls.clone();
+    unresolvable["revisions"][1]["endpoints"] = json!(["nowhere.invalid:8080"]);
+    let mut bad_cert = with_tls.clone();
+    bad_cert["tls"][0]["cert_pem"] =
+        json!("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n");
+    for (what, cfg, path) in [
+        (
+            "unresolvable name",
+            &unresolvable,
+            "revisions[1].endpoints[0]",
+        ),
+        ("bad certificate", &bad_cert, "tls[0].cert_pem"),
+    ] {
+        for dry in ["?dry_run=true", ""] {
+            let r = put_json(&format!("{admin}/v1/config{dry}"), cfg).await;
+            assert_eq!(r.status, 400, "{what} {dry:?}: {r:?}");
+            assert_eq!(error_paths(&r), [path], "{what} {dry:?}");
+        }
+    }
+    // The same through a revision's own endpoint.
+    let rev = json!({"endpoints": ["nowhere.invalid:8080"]});
+    for dry in ["?dry_run=true", ""] {
+        let r = put_json(&format!("{admin}/v1/revisions/default/r2{dry}"), &rev).await;
+        assert_eq!(r.status, 400, "{dry:?}: {r:?}");
+        assert_eq!(error_paths(&r), ["revisions[default/r2].endpoints[0]"]);
+    }
+    assert_eq!(generation().await, g0);
+
+    // `weir check` on the same files: refused, unless names are not looked up (then it
+    // says so).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let check = |cfg: &Value, extra: &[&str]| {
+        let file = dir.path().join("c.json");
+        std::fs::write(&file, cfg.to_string()).expect("write");
+        let out = std::process::Command::new(weir_bin!())
+            .arg("check")
+            .args(extra)
+            .arg(&file)
+            .output()
+            .expect("run weir check");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+    let (code, text) = check(&unresolvable, &[]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.starts_with("revisions[1].endpoints[0]: "), "{text}");
+    let (code, text) = check(&unresolvable, &["--no-resolve"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("endpoint names were not resolved"), "{text}");
+    let (code, text) = check(&bad_cert, &["--no-resolve"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.starts_with("tls[0].cert_pem: "), "{text}");
+    let (code, text) = check(&with_tls, &[]);
+    assert_eq!(code, Some(0), "{text}");
 }
 
 #[tokio::test]

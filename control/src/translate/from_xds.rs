@@ -90,7 +90,11 @@ pub fn route_set(rc: &RouteConfiguration) -> Result<RouteSet, TranslateError> {
         return Err(err("name", "a RouteConfiguration needs a name"));
     }
     let tls = rc.name.ends_with("_tls_services");
-    let visibility = if rc.name == INTERNAL_ROUTES || rc.name == INTERNAL_TLS_ROUTES {
+    // Kourier's names, and Weir's per-object ones (`internal_services/service/ns/name`).
+    let internal = rc.name == INTERNAL_ROUTES
+        || rc.name == INTERNAL_TLS_ROUTES
+        || rc.name.starts_with(&format!("{INTERNAL_ROUTES}/"));
+    let visibility = if internal {
         Visibility::ClusterLocal
     } else {
         Visibility::External

@@ -8,8 +8,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use weir_config::hosts::{self, HostTarget};
-use weir_config::model::{Affinity, HttpOption, PathRule, Protocol, Visibility};
-use weir_config::{parse_endpoint, Config, Endpoint};
+use weir_config::model::{Affinity, HttpOption, Ingress, PathRule, Protocol, Service, Visibility};
+use weir_config::{parse_endpoint, Config, Endpoint, Key, Kind};
 use xds_api::pb::envoy::config::cluster::v3::{cluster, Cluster};
 use xds_api::pb::envoy::config::core::v3::{
     address, config_source, header_value_option::HeaderAppendAction, socket_address,
@@ -29,79 +29,140 @@ use xds_api::pb::google::protobuf::{value, Struct, UInt32Value, Value};
 
 use super::{cluster_name, Resources, EXTERNAL_ROUTES, INTERNAL_ROUTES, METADATA_KEY, TAG_HEADER};
 
-/// The resources of a config that `weir_config::validate` accepted. (An invalid config gives
-/// resources that a client will NACK, never a panic.)
+/// The resources of a config that `weir_config::validate` accepted, with every virtual host
+/// in Kourier's two RouteConfigurations (`external_services`, `internal_services`): the
+/// shape any xDS consumer of a whole config expects. (`weir control` serves the same virtual
+/// hosts one RouteConfiguration per object: [`service_routes`], [`ingress_routes`].) An
+/// invalid config gives resources that a client will NACK, never a panic.
 pub fn to_resources(cfg: &Config) -> Resources {
-    let mut external = Vec::new();
-    let mut internal = Vec::new();
-    for i in 0..cfg.services.len() {
-        service_vhosts(cfg, i, &mut external, &mut internal);
-    }
-    for ing in &cfg.ingresses {
-        let several = ing.rules.len() > 1;
-        for (r, rule) in ing.rules.iter().enumerate() {
-            let mut name = format!("{}/{}", ing.namespace, ing.name);
-            if several {
-                name.push_str(&format!("/{r}"));
-            }
-            let vh = VirtualHost {
-                name,
-                domains: rule.hosts.clone(),
-                require_tls: require_tls(rule.http_option),
-                routes: rule
-                    .paths
-                    .iter()
-                    .map(|p| path_route(p, &ing.namespace))
-                    .collect(),
-                ..Default::default()
-            };
-            match rule.visibility {
-                Visibility::External => external.push(vh),
-                Visibility::ClusterLocal => internal.push(vh),
-            }
-        }
-    }
-    let routes = vec![
+    let mut out = Resources::default();
+    let mut merged = [
         RouteConfiguration {
             name: EXTERNAL_ROUTES.into(),
-            virtual_hosts: external,
             ..Default::default()
         },
         RouteConfiguration {
             name: INTERNAL_ROUTES.into(),
-            virtual_hosts: internal,
             ..Default::default()
         },
     ];
-    let clusters = cfg
-        .revisions
+    let per_object = cfg
+        .services
         .iter()
-        .map(|r| revision_cluster(cfg, r))
-        .collect();
-    let endpoints = cfg
-        .revisions
-        .iter()
-        .map(|r| load_assignment(&cluster_name(&r.namespace, &r.name), &r.endpoints))
-        .collect();
-    Resources {
-        routes,
-        clusters,
-        endpoints,
+        .map(|svc| service_routes(cfg, svc))
+        .chain(cfg.ingresses.iter().map(ingress_routes));
+    for rcs in per_object {
+        for (into, rc) in merged.iter_mut().zip(rcs) {
+            into.virtual_hosts
+                .extend(rc.into_iter().flat_map(|rc| rc.virtual_hosts));
+        }
     }
+    out.routes = merged.into();
+    for r in &cfg.revisions {
+        let (c, e) = revision_resources(cfg, r);
+        out.clusters.push(c);
+        out.endpoints.push(e);
+    }
+    out
 }
 
-/// The virtual hosts of `services[i]`: its hosts grouped by listener and target, in the order
+/// The name of the RouteConfiguration of one service's or ingress's hosts on one listener
+/// visibility: `external_services/service/default/hello`. One per object, so that a change
+/// to one is one resource on the wire.
+pub fn object_routes_name(visibility: Visibility, kind: Kind, key: &Key) -> String {
+    let prefix = match visibility {
+        Visibility::External => EXTERNAL_ROUTES,
+        Visibility::ClusterLocal => INTERNAL_ROUTES,
+    };
+    let kind = match kind {
+        Kind::Service => "service",
+        Kind::Ingress => "ingress",
+        Kind::Revision => "revision",
+    };
+    format!("{prefix}/{kind}/{}/{}", key.namespace, key.name)
+}
+
+fn object_routes(
+    kind: Kind,
+    key: &Key,
+    external: Vec<VirtualHost>,
+    internal: Vec<VirtualHost>,
+) -> [Option<RouteConfiguration>; 2] {
+    let rc = |visibility, virtual_hosts: Vec<VirtualHost>| {
+        (!virtual_hosts.is_empty()).then(|| RouteConfiguration {
+            name: object_routes_name(visibility, kind, key),
+            virtual_hosts,
+            ..Default::default()
+        })
+    };
+    [
+        rc(Visibility::External, external),
+        rc(Visibility::ClusterLocal, internal),
+    ]
+}
+
+/// A service's RouteConfigurations (external, cluster-local): its hosts grouped by listener
+/// and target, in the order `service_hosts` lists them; `None` where it has no host.
+pub fn service_routes(cfg: &Config, svc: &Service) -> [Option<RouteConfiguration>; 2] {
+    let mut external = Vec::new();
+    let mut internal = Vec::new();
+    service_vhosts(cfg, svc, &mut external, &mut internal);
+    let key = Key::new(&svc.namespace, &svc.name);
+    object_routes(Kind::Service, &key, external, internal)
+}
+
+/// An ingress's RouteConfigurations (external, cluster-local): one virtual host per rule.
+pub fn ingress_routes(ing: &Ingress) -> [Option<RouteConfiguration>; 2] {
+    let mut external = Vec::new();
+    let mut internal = Vec::new();
+    let several = ing.rules.len() > 1;
+    for (r, rule) in ing.rules.iter().enumerate() {
+        let mut name = format!("{}/{}", ing.namespace, ing.name);
+        if several {
+            name.push_str(&format!("/{r}"));
+        }
+        let vh = VirtualHost {
+            name,
+            domains: rule.hosts.clone(),
+            require_tls: require_tls(rule.http_option),
+            routes: rule
+                .paths
+                .iter()
+                .map(|p| path_route(p, &ing.namespace))
+                .collect(),
+            ..Default::default()
+        };
+        match rule.visibility {
+            Visibility::External => external.push(vh),
+            Visibility::ClusterLocal => internal.push(vh),
+        }
+    }
+    let key = Key::new(&ing.namespace, &ing.name);
+    object_routes(Kind::Ingress, &key, external, internal)
+}
+
+/// A revision's Cluster and ClusterLoadAssignment.
+pub fn revision_resources(
+    cfg: &Config,
+    r: &weir_config::model::Revision,
+) -> (Cluster, ClusterLoadAssignment) {
+    (
+        revision_cluster(cfg, r),
+        load_assignment(&cluster_name(&r.namespace, &r.name), &r.endpoints),
+    )
+}
+
+/// The virtual hosts of a service: its hosts grouped by listener and target, in the order
 /// `service_hosts` lists them.
 fn service_vhosts(
     cfg: &Config,
-    i: usize,
+    svc: &Service,
     external: &mut Vec<VirtualHost>,
     internal: &mut Vec<VirtualHost>,
 ) {
-    let svc = &cfg.services[i];
     // (internal_only, target) -> domains, in first-seen order.
     let mut groups: Vec<((bool, HostTarget), Vec<String>)> = Vec::new();
-    for h in hosts::service_hosts(cfg, svc, i) {
+    for h in hosts::service_hosts(cfg, svc) {
         let key = (h.internal_only, h.target);
         match groups.iter_mut().find(|(k, _)| *k == key) {
             Some((_, domains)) => domains.push(h.host),

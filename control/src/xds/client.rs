@@ -77,12 +77,14 @@ impl AdsClient {
             let msg = not_subscribed(&resp.type_url);
             return self.nack_output(&resp.type_url, String::new(), &resp.nonce, msg);
         };
-        // Cluster and Listener responses are the whole set (the xDS rule for CDS and LDS);
-        // Route and ClusterLoadAssignment responses may carry only what changed, merged by
-        // name.
+        // Cluster and Listener responses are the whole set (the xDS rule for CDS and LDS).
+        // So are Route responses: the client subscribes to every RouteConfiguration
+        // (wildcard), which a server answers with all it has (go-control-plane does; so does
+        // weir control), and one per service or ingress can only be removed that way.
+        // ClusterLoadAssignment responses may carry only what changed, merged by name.
         let removed = match kind {
-            Kind::Cluster | Kind::Listener => Removed::AllOthers,
-            Kind::Routes | Kind::Endpoints => Removed::Names(&[]),
+            Kind::Cluster | Kind::Listener | Kind::Routes => Removed::AllOthers,
+            Kind::Endpoints => Removed::Names(&[]),
         };
         let judged = decode(kind, &resp.resources).and_then(|d| self.store.judge(d, removed));
         match judged {

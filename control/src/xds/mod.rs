@@ -11,7 +11,6 @@ pub mod task;
 
 pub use client::{AdsClient, Output, Update};
 pub use delta_client::{DeltaClient, DeltaOutput};
-pub use server::{ChangeFeed, SnapshotSource, SourceChange};
 pub use state::XdsConfig;
 pub use task::{run_client, ClientOptions, XdsSink};
 

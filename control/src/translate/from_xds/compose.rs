@@ -63,6 +63,8 @@ pub fn compose(
     });
     let mut claimed: HashMap<&str, &str> = HashMap::new();
     let mut missing = Vec::new();
+    // Ingress (namespace, name)s given out: a virtual host name cut to a label may repeat.
+    let mut names: std::collections::HashSet<(String, String)> = std::collections::HashSet::new();
     for set in order {
         for vh in &set.vhosts {
             let hosts: Vec<String> = vh
@@ -108,7 +110,16 @@ pub fn compose(
                     ));
                 }
             }
-            let (namespace, name) = ingress_name(&vh.name, served.paths.first());
+            let (namespace, mut name) = ingress_name(&vh.name, served.paths.first());
+            if names.contains(&(namespace.clone(), name.clone())) {
+                // Deterministic: the n-th virtual host of this name in the composing order.
+                let base = name[..name.len().min(56)].trim_end_matches('-').to_string();
+                name = (2..)
+                    .map(|n| format!("{base}-{n}"))
+                    .find(|n| !names.contains(&(namespace.clone(), n.clone())))
+                    .expect("some suffix is free");
+            }
+            names.insert((namespace.clone(), name.clone()));
             cfg.ingresses.push(Ingress {
                 name,
                 namespace,

@@ -8,72 +8,36 @@ use std::time::Duration;
 
 use crate::xds::{ClientOptions, XdsConfig};
 use serde_json::json;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use weir_config::Config;
+use weir_config::{Config, Key, Update};
 use xds_api::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use xds_api::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 
+use super::snapshot::content_version;
 use super::*;
 use crate::xds::{run_client, AdsClient, DeltaClient, Kind, XdsSink};
 
-struct FakeSource {
-    state: Mutex<(u64, Config)>,
-    changes: broadcast::Sender<SourceChange>,
-}
-
-struct Feed(broadcast::Receiver<SourceChange>);
-
-#[async_trait::async_trait]
-impl ChangeFeed for Feed {
-    async fn next(&mut self) -> Option<SourceChange> {
-        self.0.recv().await.ok()
-    }
-    fn try_next(&mut self) -> Option<SourceChange> {
-        self.0.try_recv().ok()
-    }
-}
-
-impl SnapshotSource for FakeSource {
-    fn current(&self) -> (u64, Config) {
-        self.state.lock().unwrap().clone()
-    }
-    fn endpoints(&self, namespace: &str, name: &str) -> Option<(u64, Vec<String>)> {
-        let s = self.state.lock().unwrap();
-        let r =
-            s.1.revisions
-                .iter()
-                .find(|r| r.namespace == namespace && r.name == name)?;
-        Some((s.0, r.endpoints.clone()))
-    }
-    fn subscribe(&self) -> Box<dyn ChangeFeed> {
-        Box::new(Feed(self.changes.subscribe()))
-    }
-}
+/// The store of `weir control`, changed the way its admin API changes it.
+struct FakeSource(Arc<ConfigStore>);
 
 impl FakeSource {
     fn new(cfg: Config) -> Arc<FakeSource> {
-        Arc::new(FakeSource {
-            state: Mutex::new((1, cfg)),
-            changes: broadcast::channel(64).0,
-        })
+        let store = ConfigStore::new();
+        store.apply(Update::whole(cfg), false).unwrap();
+        Arc::new(FakeSource(store))
     }
     fn set_config(&self, cfg: Config) {
-        let mut s = self.state.lock().unwrap();
-        *s = (s.0 + 1, cfg);
-        let _ = self.changes.send(SourceChange::Config);
+        self.0.apply(Update::whole(cfg), false).unwrap();
     }
     fn set_endpoints(&self, name: &str, eps: &[&str]) {
-        let mut s = self.state.lock().unwrap();
-        s.0 += 1;
-        let r = s.1.revisions.iter_mut().find(|r| r.name == name).unwrap();
-        r.endpoints = eps.iter().map(|e| e.to_string()).collect();
-        let _ = self.changes.send(SourceChange::Endpoints {
-            namespace: "default".into(),
-            name: name.into(),
-        });
+        let eps = eps.iter().map(|e| e.to_string()).collect();
+        self.0
+            .set_endpoints(&Key::new("default", name), eps, false)
+            .unwrap()
+            .unwrap();
     }
 }
 
@@ -94,7 +58,7 @@ async fn start(source: Arc<FakeSource>) -> String {
 async fn start_with(source: Arc<FakeSource>, opts: ServeOptions) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(serve_with(listener, source, opts));
+    tokio::spawn(serve_with(listener, source.0.clone(), opts));
     url
 }
 
@@ -264,7 +228,8 @@ async fn the_server_pushes_clusters_first_and_only_changed_endpoints() {
         [
             (Kind::Cluster, 3, "1".to_string()),
             (Kind::Endpoints, 3, "1".to_string()),
-            (Kind::Routes, 2, "1".to_string())
+            // One RouteConfiguration per service and listener visibility.
+            (Kind::Routes, 6, "1".to_string())
         ]
     );
 
@@ -295,11 +260,11 @@ async fn the_server_pushes_clusters_first_and_only_changed_endpoints() {
         let r = next(&mut inbound).await;
         kinds.push((Kind::from_type_url(&r.type_url).unwrap(), r.resources.len()));
     }
-    // The whole cluster set; the new CLA and s2's (its endpoints are back); the changed
-    // route configurations.
+    // The whole cluster set; the new CLA and s2's (its endpoints are back); the whole
+    // set of route configurations (one is new).
     assert_eq!(
         kinds,
-        [(Kind::Cluster, 4), (Kind::Endpoints, 2), (Kind::Routes, 2)]
+        [(Kind::Cluster, 4), (Kind::Endpoints, 2), (Kind::Routes, 8)]
     );
 }
 
@@ -389,12 +354,12 @@ async fn next_acked(
 ) -> (Kind, Vec<String>, Vec<String>, DeltaDiscoveryResponse) {
     let r = next_delta(inbound).await;
     tx.send(delta_ack(&r)).await.unwrap();
-    (
-        Kind::from_type_url(&r.type_url).unwrap(),
-        r.resources.iter().map(|r| r.name.clone()).collect(),
-        r.removed_resources.clone(),
-        r,
-    )
+    // Sorted: a response carries its resources in no particular order.
+    let mut names: Vec<String> = r.resources.iter().map(|r| r.name.clone()).collect();
+    names.sort();
+    let mut removed = r.removed_resources.clone();
+    removed.sort();
+    (Kind::from_type_url(&r.type_url).unwrap(), names, removed, r)
 }
 
 #[tokio::test]
@@ -417,9 +382,10 @@ async fn delta_sends_only_what_changed_and_what_is_gone() {
         }
         first.push((kind, names.len()));
     }
+    // One RouteConfiguration per service and listener visibility.
     assert_eq!(
         first,
-        [(Kind::Cluster, 3), (Kind::Endpoints, 3), (Kind::Routes, 2)]
+        [(Kind::Cluster, 3), (Kind::Endpoints, 3), (Kind::Routes, 6)]
     );
 
     // An endpoint change: exactly one ClusterLoadAssignment, nothing else.
@@ -441,7 +407,8 @@ async fn delta_sends_only_what_changed_and_what_is_gone() {
     .await
     .unwrap();
 
-    // s2 goes away: its cluster and CLA are removed, the route configurations change.
+    // s2 goes away: its cluster, CLA and route configurations are removed; nothing else
+    // is sent.
     source.set_config(config(2));
     let mut got = Vec::new();
     for _ in 0..3 {
@@ -453,7 +420,14 @@ async fn delta_sends_only_what_changed_and_what_is_gone() {
         [
             (Kind::Cluster, 0, vec!["default/s2-1".to_string()]),
             (Kind::Endpoints, 0, vec!["default/s2-1".to_string()]),
-            (Kind::Routes, 2, vec![]),
+            (
+                Kind::Routes,
+                0,
+                vec![
+                    "external_services/service/default/s2".to_string(),
+                    "internal_services/service/default/s2".to_string()
+                ]
+            ),
         ]
     );
     nothing_pending(&tx, &mut inbound, "probe-2").await;
@@ -484,7 +458,17 @@ async fn delta_sends_only_what_changed_and_what_is_gone() {
             vec![]
         )
     );
-    assert_eq!((got[2].0, got[2].1.len()), (Kind::Routes, 2));
+    assert_eq!(
+        got[2],
+        (
+            Kind::Routes,
+            vec![
+                "external_services/service/default/s2".to_string(),
+                "internal_services/service/default/s2".to_string()
+            ],
+            vec![]
+        )
+    );
     nothing_pending(&tx, &mut inbound, "probe-3").await;
 }
 
@@ -502,10 +486,16 @@ async fn a_redialled_delta_stream_gets_only_what_it_lacks() {
             held[kind as usize].insert(res.name, res.version);
         }
     }
-    drop((tx, inbound));
-
-    // Meanwhile s0's endpoints change; the client also holds a cluster the server never had.
+    // Meanwhile s0's endpoints change (seen on this stream, so the server has it, but not
+    // noted in `held`: the client lost it); the client also holds a cluster the server
+    // never had.
     source.set_endpoints("s0-1", &["127.0.0.1:7000"]);
+    let (kind, names, _, _) = next_acked(&tx, &mut inbound).await;
+    assert_eq!(
+        (kind, names),
+        (Kind::Endpoints, vec!["default/s0-1".to_string()])
+    );
+    drop((tx, inbound));
     held[Kind::Cluster as usize].insert("default/ghost-1".into(), "x".into());
     let mut reqs = DeltaClient::new("raw").initial_requests();
     for (r, versions) in reqs.iter_mut().zip(held) {
