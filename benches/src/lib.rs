@@ -106,6 +106,73 @@ pub fn hit_hosts(services: usize, count: usize, seed: u64) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// The driver of the memory probes (`compile_mem`, `config_mem`): each N of the arguments
+/// (default `default`) measured by `child` in a fresh process (this program again, with
+/// `--child N`), so every figure starts from a clean heap; the children's table rows printed
+/// under `header`.
+pub fn run_probe(
+    name: &str,
+    header: &[&str],
+    default: &[usize],
+    child: fn(usize),
+) -> std::process::ExitCode {
+    use std::process::{Command, ExitCode};
+    let usage = || {
+        eprintln!("usage: {name} [N ...]   (services; default {default:?})");
+        ExitCode::from(2)
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--child") {
+        return match args.get(1).and_then(|n| n.parse().ok()) {
+            Some(n) => {
+                child(n);
+                ExitCode::SUCCESS
+            }
+            None => usage(),
+        };
+    }
+    let ns: Vec<usize> = if args.is_empty() {
+        default.to_vec()
+    } else {
+        match args.iter().map(|a| a.replace('_', "").parse()).collect() {
+            Ok(ns) => ns,
+            Err(_) => return usage(),
+        }
+    };
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("{name}: cannot find my own executable: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for line in header {
+        println!("{line}");
+    }
+    for n in ns {
+        match Command::new(&exe)
+            .arg("--child")
+            .arg(n.to_string())
+            .output()
+        {
+            Ok(o) if o.status.success() => print!("{}", String::from_utf8_lossy(&o.stdout)),
+            Ok(o) => {
+                eprintln!(
+                    "{name}: child for {n} failed ({}): {}",
+                    o.status,
+                    String::from_utf8_lossy(&o.stderr)
+                );
+                return ExitCode::FAILURE;
+            }
+            Err(e) => {
+                eprintln!("{name}: cannot run child for {n}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

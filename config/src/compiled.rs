@@ -58,6 +58,12 @@ pub enum Update {
     Whole(Box<Config>),
     /// These objects put or deleted; everything else as it is.
     Changes(Vec<Change>),
+    /// A whole config given as settings (its lists ignored) and objects already built: an
+    /// xDS client's, whose `Arc`s the new generation then shares instead of copying them.
+    Objects {
+        settings: Box<Config>,
+        objects: Objects,
+    },
 }
 
 impl Update {
@@ -111,7 +117,8 @@ impl<R: Clone> Compiled<R> {
         update: Update,
         resolve: impl FnMut(&Key) -> R,
     ) -> Result<Plan<R>, ConfigErrors> {
-        match update {
+        let (settings, whole, order) = match update {
+            Update::Changes(changes) => return self.plan_changes(changes, resolve),
             Update::Whole(cfg) => {
                 validate::validate(&cfg)?;
                 let (settings, services, ingresses, revisions) = settings_of(*cfg);
@@ -119,53 +126,68 @@ impl<R: Clone> Compiled<R> {
                     .iter()
                     .map(|r| Key::new(&r.namespace, &r.name))
                     .collect();
-                let whole = Objects::new(services, ingresses, revisions);
-                let changes = self.objects.diff(&whole);
-                // The objects that did not change keep this generation's shards.
-                let objects = self.objects.with_changes(&changes);
-                let settings_changed = settings != *self.settings;
-                let settings = if settings_changed {
-                    Arc::new(settings)
-                } else {
-                    self.settings.clone()
-                };
-                let table =
-                    self.table
-                        .update(&settings, &self.objects, &objects, &changes, resolve)?;
-                Ok(Plan {
-                    next: Compiled {
-                        settings,
-                        objects,
-                        table,
-                    },
-                    changes,
-                    settings_changed,
-                    revision_order: Some(order),
-                })
+                (
+                    settings,
+                    Objects::new(services, ingresses, revisions),
+                    order,
+                )
             }
-            Update::Changes(changes) => {
-                let objects = self.objects.with_changes(&changes);
-                validate::changes(&self.settings, &objects, &changes)?;
-                let table = self.table.update(
-                    &self.settings,
-                    &self.objects,
-                    &objects,
-                    &changes,
-                    resolve,
-                )?;
-                let changes = last_changes(&changes).into_iter().cloned().collect();
-                Ok(Plan {
-                    next: Compiled {
-                        settings: self.settings.clone(),
-                        objects,
-                        table,
-                    },
-                    changes,
-                    settings_changed: false,
-                    revision_order: None,
-                })
+            Update::Objects { settings, objects } => {
+                // Checked as the whole config it is (a copy, dropped at once), whose lists
+                // are in key order.
+                validate::validate(&objects.to_config(&settings))?;
+                let (settings, ..) = settings_of(*settings);
+                let mut order: Vec<Key> =
+                    objects.revisions.iter().map(|(k, _)| k.clone()).collect();
+                order.sort();
+                (settings, objects, order)
             }
-        }
+        };
+        let changes = self.objects.diff(&whole);
+        // The objects that did not change keep this generation's shards.
+        let objects = self.objects.with_changes(&changes);
+        let settings_changed = settings != *self.settings;
+        let settings = if settings_changed {
+            Arc::new(settings)
+        } else {
+            self.settings.clone()
+        };
+        let table = self
+            .table
+            .update(&settings, &self.objects, &objects, &changes, resolve)?;
+        Ok(Plan {
+            next: Compiled {
+                settings,
+                objects,
+                table,
+            },
+            changes,
+            settings_changed,
+            revision_order: Some(order),
+        })
+    }
+
+    fn plan_changes(
+        &self,
+        changes: Vec<Change>,
+        resolve: impl FnMut(&Key) -> R,
+    ) -> Result<Plan<R>, ConfigErrors> {
+        let objects = self.objects.with_changes(&changes);
+        validate::changes(&self.settings, &objects, &changes)?;
+        let table =
+            self.table
+                .update(&self.settings, &self.objects, &objects, &changes, resolve)?;
+        let changes = last_changes(&changes).into_iter().cloned().collect();
+        Ok(Plan {
+            next: Compiled {
+                settings: self.settings.clone(),
+                objects,
+                table,
+            },
+            changes,
+            settings_changed: false,
+            revision_order: None,
+        })
     }
 }
 

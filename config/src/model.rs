@@ -362,8 +362,9 @@ pub struct Rule {
     /// `redirect`: plain-HTTP requests get a 301 to https.
     #[serde(default, skip_serializing_if = "HttpOption::is_enabled")]
     pub http_option: HttpOption,
+    /// Shared: a rule built from an xDS virtual host shares its paths with it.
     #[serde(default)]
-    pub paths: Vec<PathRule>,
+    pub paths: std::sync::Arc<[PathRule]>,
     #[serde(flatten, skip_serializing)]
     pub unknown: Unknown,
 }

@@ -146,7 +146,7 @@ impl Objects {
             .find(|(_, i)| {
                 i.rules
                     .iter()
-                    .flat_map(|r| &r.paths)
+                    .flat_map(|r| r.paths.iter())
                     .flat_map(|p| &p.splits)
                     .any(|s| {
                         *s.revision == *rev.name

@@ -47,8 +47,12 @@ impl<R> Target<R> {
 #[derive(Debug, Clone)]
 pub struct Split<R = ()> {
     targets: Box<[Target<R>]>,
-    /// `slots[r]` is the target of draw `r`; targets with 0 percent own no slot.
-    slots: Box<[u16; 100]>,
+    /// `slots[r]` is the target of draw `r`; targets with 0 percent own no slot. `None`
+    /// when one target has all 100 (most splits): it is `targets[first]`, and 200 bytes a
+    /// split are saved (100,000 services make 200,000 splits).
+    slots: Option<Box<[u16; 100]>>,
+    /// The target of draw 0.
+    first: u16,
 }
 
 impl<R> Split<R> {
@@ -66,16 +70,22 @@ impl<R> Split<R> {
                 }
             }
         }
+        let first = slots[0];
+        let whole = targets.iter().any(|t| t.percent >= 100);
         Split {
             targets: targets.into_boxed_slice(),
-            slots,
+            slots: (!whole).then_some(slots),
+            first,
         }
     }
 
     /// The target for a draw `r` in `0..100` (values above wrap).
     #[inline]
     pub fn pick_with(&self, r: u32) -> &Target<R> {
-        let slot = self.slots[(r % 100) as usize];
+        let slot = match &self.slots {
+            Some(s) => s[(r % 100) as usize],
+            None => self.first,
+        };
         &self.targets[usize::from(slot)]
     }
 
@@ -97,7 +107,7 @@ impl<R> Split<R> {
     #[inline]
     pub fn pick_by_key(&self, key: &[u8]) -> &Target<R> {
         let k = stable_hash(key);
-        let mut best = &self.targets[usize::from(self.slots[0])];
+        let mut best = &self.targets[usize::from(self.first)];
         let mut best_score = f64::INFINITY;
         for t in self.targets.iter().filter(|t| t.percent > 0) {
             let h = mix(k ^ t.seed);

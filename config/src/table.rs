@@ -444,7 +444,7 @@ fn ingress_revisions(ing: &Ingress) -> Vec<(&str, &str)> {
     let mut v: Vec<(&str, &str)> = ing
         .rules
         .iter()
-        .flat_map(|r| &r.paths)
+        .flat_map(|r| r.paths.iter())
         .flat_map(|p| &p.splits)
         .map(|s| {
             (

@@ -22,8 +22,3 @@ pub mod state;
 pub mod stats;
 pub mod tls;
 pub mod xds;
-
-/// mimalloc: about 10% less CPU per request than glibc malloc for pingora on these machines
-/// (see the README's performance notes).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

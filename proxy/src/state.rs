@@ -263,7 +263,7 @@ impl State {
         opts: ApplyOptions,
     ) -> Result<(u64, usize), ConfigErrors> {
         let cur = self.current.load_full();
-        let whole = matches!(update, Update::Whole(_));
+        let whole = matches!(update, Update::Whole(_) | Update::Objects { .. });
         // Revisions a changed route names that have no run-time revision yet (declared in
         // this same update): made here, kept if the update is published.
         let mut created: HashMap<Key, Arc<Revision>> = HashMap::new();

@@ -155,6 +155,10 @@ impl WeirControl {
         crate::admin::put_endpoints_at(&self.admin_url(), namespace, name, endpoints).await
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL, as a crash: no goodbye to the proxies.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -19,6 +19,7 @@ pub mod client;
 pub mod control;
 pub mod kourier;
 pub mod metrics;
+pub mod process;
 pub mod protocols;
 pub mod tls;
 pub mod weir;

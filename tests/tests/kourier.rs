@@ -1078,19 +1078,6 @@ async fn raw_bytes(addr: SocketAddr, bytes: &[u8]) -> String {
 
 // === benchmark: a fleet of gateways at 1,000 KIngresses ===
 
-/// Resident memory of a process, from /proc (KiB).
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
-        })
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Four gateways behind the Kourier-shaped server, 1,000 KIngresses (one host and one
 /// revision each, Kourier's probe paths and status host included): seconds until every
 /// gateway has ACKed the first snapshot and serves it, then for one route change (one
@@ -1137,7 +1124,10 @@ async fn fleet_convergence_at_1000_kingresses() {
                 .start()
         })
         .collect();
-    let idle: Vec<u64> = fleet.iter().map(|w| rss_kib(w.pid())).collect();
+    let idle: Vec<u64> = fleet
+        .iter()
+        .map(|w| weir_tests::process::rss_kib(w.pid()))
+        .collect();
 
     // First sync: every gateway ACKs and its status host says ready.
     let (snap, _) = build(&ingresses);
@@ -1164,7 +1154,10 @@ async fn fleet_convergence_at_1000_kingresses() {
         assert_eq!(status(p.internal).await, 200);
     }
     let first = started.elapsed();
-    let synced: Vec<u64> = fleet.iter().map(|w| rss_kib(w.pid())).collect();
+    let synced: Vec<u64> = fleet
+        .iter()
+        .map(|w| weir_tests::process::rss_kib(w.pid()))
+        .collect();
 
     // One route change: svc-0 moves to a new revision; served by every gateway.
     services.insert((NS.to_string(), "svc-0-00002".into()), pods(&[&backend]));
@@ -1190,7 +1183,10 @@ async fn fleet_convergence_at_1000_kingresses() {
     }
     let change = started.elapsed();
     assert!(acks(&version).await);
-    let after: Vec<u64> = fleet.iter().map(|w| rss_kib(w.pid())).collect();
+    let after: Vec<u64> = fleet
+        .iter()
+        .map(|w| weir_tests::process::rss_kib(w.pid()))
+        .collect();
     eprintln!(
         "fleet of {FLEET} at {N} KIngresses: first sync ACKed by all in {:.2} s, all ready in \
          {:.2} s; one route change served by all in {:.3} s",

@@ -54,21 +54,6 @@ struct Seen {
     revision: String,
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
-}
-
-fn fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn soak_under_faults() {
@@ -140,8 +125,8 @@ async fn soak_under_faults() {
         let _ = t.await;
     }
     tokio::time::sleep(Duration::from_secs(4)).await; // idle_timeout 2 s: client connections close
-    let base_rss = rss_kib(pid);
-    let base_fds = fds(pid);
+    let base_rss = weir_tests::process::rss_kib(pid);
+    let base_fds = weir_tests::process::fd_count(pid);
     eprintln!(
         "baseline after {warm_up:?} of warm-up: RSS {} KiB, {base_fds} fds",
         base_rss
@@ -236,8 +221,8 @@ async fn soak_under_faults() {
     })
     .await;
     tokio::time::sleep(Duration::from_secs(5)).await; // idle connections close
-    let end_rss = rss_kib(pid);
-    let end_fds = fds(pid);
+    let end_rss = weir_tests::process::rss_kib(pid);
+    let end_fds = weir_tests::process::fd_count(pid);
 
     // Every answer documented; every revision in a config in force around the request.
     let mut by_status = std::collections::BTreeMap::new();

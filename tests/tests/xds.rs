@@ -565,54 +565,198 @@ async fn ten_thousand_services_and_an_endpoint_change() {
 
 // === measurement (not a test of behaviour) ===
 
-/// Propagation time at 10,000 services, control-plane PUT -> proxy serving the change.
-/// `cargo test --release -p weir-tests --test xds -- --ignored --nocapture propagation`
-#[tokio::test]
+/// p50, p99 and max of `v`.
+fn percentiles(v: &mut [Duration]) -> String {
+    v.sort();
+    let at = |q: f64| v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1];
+    format!(
+        "p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (n={})",
+        at(0.5).as_secs_f64() * 1e3,
+        at(0.99).as_secs_f64() * 1e3,
+        at(1.0).as_secs_f64() * 1e3,
+        v.len()
+    )
+}
+
+/// Propagation from a `weir control` PUT to being served by both of 2 proxies, at
+/// `WEIR_SERVICES` services (default 10,000): a route change through the service's own
+/// endpoint and through a whole-config PUT, and an endpoint change; CPU per change in
+/// `weir control` and in a proxy; RSS. Run by hand, in release mode:
+/// `WEIR_SERVICES=100000 cargo test --release -p weir-tests --test xds -- --ignored --nocapture propagation`
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "a measurement; run it by hand, in release mode"]
-async fn propagation_at_10k_services() {
+async fn propagation() {
+    use weir_tests::process::{cpu_seconds, rss_kib};
+    let n: usize = std::env::var("WEIR_SERVICES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let rounds: usize = std::env::var("WEIR_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
     let (a, b, c) = (
         Backend::start("a"),
         Backend::start("b"),
         Backend::start("c"),
     );
-    let mut cfg = many_services(10_000, &a.endpoint());
+    let mut cfg = many_services(n, &a.endpoint());
+    let t = Instant::now();
     let control = start_control!(cfg);
-    let proxy = xds_proxy(
-        &control.xds_url(),
-        "measure",
-        true,
-        Duration::from_secs(120),
+    eprintln!(
+        "weir control ready with {n} services after {:?}",
+        t.elapsed()
     );
-    let host = "svc-7777.default.example.com";
-    let mut route_times = Vec::new();
-    let mut endpoint_times = Vec::new();
+    let t = Instant::now();
+    let proxies: Vec<Weir> = (0..2)
+        .map(|i| {
+            xds_proxy(
+                &control.xds_url(),
+                &format!("measure-{i}"),
+                true,
+                Duration::from_secs(600),
+            )
+        })
+        .collect();
+    eprintln!("2 proxies synced after {:?}", t.elapsed());
+    let rss = |what: &str| {
+        let kib: Vec<u64> = proxies.iter().map(|p| rss_kib(p.pid())).collect();
+        eprintln!(
+            "RSS {what}: proxies {:?} MiB, weir control {} MiB",
+            kib.iter().map(|k| k / 1024).collect::<Vec<_>>(),
+            rss_kib(control.pid()) / 1024
+        );
+    };
+    rss("after the first sync");
+    let victim = n / 2 + 7;
+    let host = format!("svc-{victim}.default.example.com");
     let client = new_client();
-    for round in 0..5 {
-        // Route change: svc-7777 moves to a new revision whose endpoint is backend b or c.
-        let (target, backend) = if round % 2 == 0 { ("b", &b) } else { ("c", &c) };
-        let rev = format!("svc-7777-{round}{target}");
-        cfg["services"][7777]["traffic"][0]["revision"] = json!(rev);
+    let served_by_all = |target: &'static str| {
+        let (client, host, proxies) = (&client, &host, &proxies);
+        async move {
+            for p in proxies {
+                time_until_served_by(client, p, host, target, Duration::from_secs(120)).await;
+            }
+        }
+    };
+    let cpu = || {
+        (
+            cpu_seconds(control.pid()),
+            proxies.iter().map(|p| cpu_seconds(p.pid())).sum::<f64>() / 2.0,
+        )
+    };
+    let report = |what: &str, changes: usize, before: (f64, f64), times: &mut Vec<Duration>| {
+        let after = cpu();
+        eprintln!(
+            "{what} at {n} services, PUT -> served by both proxies: {}; CPU per change: weir control {:.1} ms, proxy {:.1} ms",
+            percentiles(times),
+            (after.0 - before.0) * 1e3 / changes as f64,
+            (after.1 - before.1) * 1e3 / changes as f64,
+        );
+    };
+
+    // Route changes through the service's own endpoint: a new revision, then the service
+    // moved to it (what Knative does on a deploy).
+    let mut times = Vec::new();
+    let before = cpu();
+    for round in 0..rounds {
+        let (target, backend) = if round.is_multiple_of(2) {
+            ("b", &b)
+        } else {
+            ("c", &c)
+        };
+        let rev = format!("svc-{victim}-r{round}{target}");
+        control
+            .put_object(
+                "revisions",
+                "default",
+                &rev,
+                &json!({"endpoints": [backend.endpoint()]}),
+            )
+            .await;
+        let svc = json!({"traffic": [{"revision": rev, "percent": 100}]});
+        let t = Instant::now();
+        control
+            .put_object("services", "default", &format!("svc-{victim}"), &svc)
+            .await;
+        served_by_all(target).await;
+        times.push(t.elapsed());
+        cfg["services"][victim]["traffic"][0]["revision"] = json!(rev);
         cfg["revisions"]
             .as_array_mut()
             .unwrap()
             .push(json!({"name": rev, "endpoints": [backend.endpoint()]}));
-        let t = Instant::now();
-        control.put_config(&cfg).await;
-        let put = t.elapsed();
-        time_until_served_by(&client, &proxy, host, target, Duration::from_secs(60)).await;
-        route_times.push((put, t.elapsed()));
-        // Endpoint change of that revision back to backend a.
+    }
+    // (Each round is two changes: the revision and the service.)
+    report(
+        "route change (per-object PUT)",
+        2 * rounds,
+        before,
+        &mut times,
+    );
+
+    // Endpoint changes.
+    let mut times = Vec::new();
+    let before = cpu();
+    let last = format!(
+        "svc-{victim}-r{}{}",
+        rounds - 1,
+        if (rounds - 1).is_multiple_of(2) {
+            "b"
+        } else {
+            "c"
+        }
+    );
+    for round in 0..rounds * 3 {
+        let (target, backend) = if round.is_multiple_of(2) {
+            ("a", &a)
+        } else {
+            ("b", &b)
+        };
         let t = Instant::now();
         control
-            .put_endpoints("default", &rev, &[a.endpoint()])
+            .put_endpoints("default", &last, &[backend.endpoint()])
             .await;
-        time_until_served_by(&client, &proxy, host, "a", Duration::from_secs(60)).await;
-        endpoint_times.push(t.elapsed());
+        served_by_all(target).await;
+        times.push(t.elapsed());
     }
-    eprintln!("route change at 10k services (PUT answered, then served): {route_times:?}");
-    eprintln!("endpoint change at 10k services (PUT -> served): {endpoint_times:?}");
+    report("endpoint change", rounds * 3, before, &mut times);
+    // The last endpoint change (an odd round) left `last` on b: so does the config now.
+    for r in cfg["revisions"].as_array_mut().unwrap() {
+        if r["name"] == json!(last) {
+            r["endpoints"] = json!([b.endpoint()]);
+        }
+    }
+
+    // Route changes through a whole-config PUT (within the admin API's 16 MiB body limit).
+    if cfg.to_string().len() < 16 * 1024 * 1024 {
+        let mut times = Vec::new();
+        let before = cpu();
+        for round in 0..rounds {
+            // svc-0-1 is served by a, `last` by b.
+            let (rev, target) = if round.is_multiple_of(2) {
+                ("svc-0-1".to_string(), "a")
+            } else {
+                (last.clone(), "b")
+            };
+            cfg["services"][victim]["traffic"][0]["revision"] = json!(rev);
+            let t = Instant::now();
+            control.put_config(&cfg).await;
+            served_by_all(target).await;
+            times.push(t.elapsed());
+        }
+        report(
+            "route change (whole-config PUT)",
+            rounds,
+            before,
+            &mut times,
+        );
+    } else {
+        eprintln!("whole-config PUT skipped: the config is over the 16 MiB body limit");
+    }
+    rss("at the end");
     if std::env::var_os("WEIR_PRINT_LOGS").is_some() {
         control.print_logs();
-        proxy.print_logs();
+        proxies[0].print_logs();
     }
 }

@@ -6,66 +6,21 @@
 //! approximates what the table keeps; `VmHWM` growth is the peak the compile needs on top of
 //! the parsed config (the table plus its temporaries).
 
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::time::Instant;
 
 use weir_benches::services_config;
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("--child") {
-        return match args.get(1).and_then(|n| n.parse().ok()) {
-            Some(n) => {
-                child(n);
-                ExitCode::SUCCESS
-            }
-            None => usage(),
-        };
-    }
-    let ns: Vec<usize> = if args.is_empty() {
-        vec![1_000, 10_000, 100_000]
-    } else {
-        match args.iter().map(|a| a.replace('_', "").parse()).collect() {
-            Ok(ns) => ns,
-            Err(_) => return usage(),
-        }
-    };
-    let exe = match std::env::current_exe() {
-        Ok(e) => e,
-        Err(e) => {
-            eprintln!("compile_mem: cannot find my own executable: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    println!("| services | hosts | compile ms | table bytes (RSS delta) | peak RSS delta |");
-    println!("|---:|---:|---:|---:|---:|");
-    for n in ns {
-        let out = Command::new(&exe)
-            .arg("--child")
-            .arg(n.to_string())
-            .output();
-        match out {
-            Ok(o) if o.status.success() => print!("{}", String::from_utf8_lossy(&o.stdout)),
-            Ok(o) => {
-                eprintln!(
-                    "compile_mem: child for {n} failed ({}): {}",
-                    o.status,
-                    String::from_utf8_lossy(&o.stderr)
-                );
-                return ExitCode::FAILURE;
-            }
-            Err(e) => {
-                eprintln!("compile_mem: cannot run child for {n}: {e}");
-                return ExitCode::FAILURE;
-            }
-        }
-    }
-    ExitCode::SUCCESS
-}
-
-fn usage() -> ExitCode {
-    eprintln!("usage: compile_mem [N ...]   (services to compile; default 1000 10000 100000)");
-    ExitCode::from(2)
+    weir_benches::run_probe(
+        "compile_mem",
+        &[
+            "| services | hosts | compile ms | table bytes (RSS delta) | peak RSS delta |",
+            "|---:|---:|---:|---:|---:|",
+        ],
+        &[1_000, 10_000, 100_000],
+        child,
+    )
 }
 
 /// One measurement, in a process of its own.

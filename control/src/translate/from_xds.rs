@@ -25,7 +25,9 @@ mod compose;
 mod listeners;
 
 pub use clusters::{cluster_spec, endpoints, ClusterSpec, EXT_AUTHZ_CLUSTER};
-pub use compose::{compose, from_resources, join_errors, Composed};
+pub use compose::{
+    compose, compose_changed, from_resources, join_errors, per_object, recompose_clusters, Composed,
+};
 pub use listeners::{
     listener_settings, listener_spec, CommonTlsContext, DownstreamTlsContext, ListenerSettings,
     ListenerSpec,
@@ -43,18 +45,36 @@ pub struct RouteSet {
     /// serves one route table on every listener, so their hosts count only where the plain
     /// RouteConfiguration redirects them to https: the TLS routes are then the real ones.
     pub tls: bool,
-    pub vhosts: Vec<VhostRoutes>,
+    /// Shared: a virtual host that did not change keeps its `Arc` across responses (see
+    /// [`RouteSet::reuse`]), so what was built from it is reused too.
+    pub vhosts: Vec<std::sync::Arc<VhostRoutes>>,
+}
+
+impl RouteSet {
+    /// Takes `old`'s `Arc` for every virtual host equal to one of `old`'s with its name: a
+    /// new copy of a large RouteConfiguration is then compared, not composed, host by host.
+    pub fn reuse(&mut self, old: &RouteSet) {
+        let by_name: HashMap<&str, &std::sync::Arc<VhostRoutes>> =
+            old.vhosts.iter().map(|v| (v.name.as_str(), v)).collect();
+        for vh in &mut self.vhosts {
+            if let Some(o) = by_name.get(vh.name.as_str()) {
+                if ***o == **vh {
+                    *vh = (*o).clone();
+                }
+            }
+        }
+    }
 }
 
 /// One virtual host that has at least one route.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VhostRoutes {
-    /// `virtual_hosts[i] ("name")`, for error messages.
-    pub at: String,
+    /// Its index in `virtual_hosts`, for error messages ([`VhostRoutes::at`]).
+    pub index: u32,
     pub name: String,
     /// Lowercase, without `:port` / `:*`, deduplicated.
     pub domains: Vec<String>,
-    pub paths: Vec<PathRule>,
+    pub paths: std::sync::Arc<[PathRule]>,
     /// `require_tls`, or every route an `https_redirect`: plain HTTP gets a 301 to https
     /// (Weir's `http_option: redirect`).
     pub redirect_https: bool,
@@ -62,7 +82,36 @@ pub struct VhostRoutes {
     /// [`STATUS_CLUSTER`]): Weir answers it itself (`readiness` in the config).
     pub readiness: Option<String>,
     /// (cluster name, field path) of every cluster a route names.
-    pub clusters: Vec<(String, String)>,
+    pub clusters: Vec<ClusterRef>,
+}
+
+/// A cluster a route names: where, compactly (a field path is made only for an error).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterRef {
+    pub cluster: String,
+    /// The route's index in the virtual host.
+    pub route: u32,
+    /// Its index in `route.weighted_clusters.clusters`; `None` for `route.cluster`.
+    pub weighted: Option<u32>,
+}
+
+impl VhostRoutes {
+    /// `virtual_hosts[i] ("name")`, for error messages.
+    pub fn at(&self) -> String {
+        format!("virtual_hosts[{}] ({:?})", self.index, self.name)
+    }
+
+    /// The field path of a cluster reference of this virtual host.
+    pub fn field(&self, r: &ClusterRef) -> String {
+        match r.weighted {
+            Some(w) => format!(
+                "{}.routes[{}].route.weighted_clusters.clusters[{w}].name",
+                self.at(),
+                r.route
+            ),
+            None => format!("{}.routes[{}].route.cluster", self.at(), r.route),
+        }
+    }
 }
 
 /// The cluster Kourier's status virtual host (`internalkourier`, `/ready`) routes to: it
@@ -71,7 +120,8 @@ pub const STATUS_CLUSTER: &str = "service_stats";
 
 /// What a route does, once translated.
 enum RouteKind {
-    Path(Box<PathRule>, Vec<(String, String)>),
+    /// The rule, and the clusters it names (each with its index in `weighted_clusters`).
+    Path(Box<PathRule>, Vec<(String, Option<u32>)>),
     /// `redirect {https_redirect: true}`.
     HttpsRedirect,
     /// A route to [`STATUS_CLUSTER`], with its prefix.
@@ -163,7 +213,11 @@ pub fn route_set(rc: &RouteConfiguration) -> Result<RouteSet, TranslateError> {
             match path_rule(route, &rat, &levels).map_err(|(f, m)| err(&f, &m))? {
                 RouteKind::Path(path, refs) => {
                     paths.push(*path);
-                    clusters.extend(refs);
+                    clusters.extend(refs.into_iter().map(|(cluster, weighted)| ClusterRef {
+                        cluster,
+                        route: r as u32,
+                        weighted,
+                    }));
                 }
                 RouteKind::HttpsRedirect => redirects += 1,
                 RouteKind::Status(prefix) => readiness = Some(prefix),
@@ -184,15 +238,15 @@ pub fn route_set(rc: &RouteConfiguration) -> Result<RouteSet, TranslateError> {
         if readiness.is_some() && (!paths.is_empty() || redirects > 0) {
             return Err(mixed(&format!("routes to {STATUS_CLUSTER:?}")));
         }
-        set.vhosts.push(VhostRoutes {
-            at,
+        set.vhosts.push(std::sync::Arc::new(VhostRoutes {
+            index: v as u32,
             name: vh.name.clone(),
             domains,
-            paths,
+            paths: paths.into(),
             redirect_https: vh.require_tls != 0 || redirects > 0,
             readiness,
             clusters,
-        });
+        }));
     }
     Ok(set)
 }
@@ -368,7 +422,7 @@ fn path_rule(r: &Route, at: &str, levels: &Levels<'_>) -> Result<RouteKind, Fiel
         Some(route_action::ClusterSpecifier::Cluster(c)) => {
             let field = format!("{rat}.cluster");
             splits.push(split(c, 100, BTreeMap::new(), &field)?);
-            refs.push((c.clone(), field));
+            refs.push((c.clone(), None));
         }
         Some(route_action::ClusterSpecifier::WeightedClusters(wc)) => {
             let wat = format!("{rat}.weighted_clusters");
@@ -406,7 +460,7 @@ fn path_rule(r: &Route, at: &str, levels: &Levels<'_>) -> Result<RouteKind, Fiel
                     headers.into_iter().collect(),
                     &field,
                 )?);
-                refs.push((cw.name.clone(), field));
+                refs.push((cw.name.clone(), Some(c as u32)));
             }
             #[allow(deprecated)] // still sent by older control planes
             let total_weight = &wc.total_weight;

@@ -93,12 +93,12 @@ fn synced() -> (AdsClient, Resources) {
         panic!("first sync gives a config: {out:?}")
     };
     assert_eq!(
-        x.routes.ingresses.len(),
+        x.routes().ingresses.len(),
         4,
         "external and cluster-local hosts of 2 services"
     );
-    assert_eq!(x.routes.revisions.len(), 3);
-    weir_config::compile(&x.routes).unwrap();
+    assert_eq!(x.routes().revisions.len(), 3);
+    weir_config::compile(&x.routes()).unwrap();
     assert!(c.synced());
     (c, res)
 }
@@ -211,8 +211,8 @@ fn a_removed_cluster_waits_for_the_routes() {
     let Some(Update::Config(x)) = out.update else {
         panic!("{out:?}")
     };
-    assert_eq!(x.routes.revisions.len(), 1);
-    assert_eq!(x.routes.ingresses.len(), 2);
+    assert_eq!(x.routes().revisions.len(), 1);
+    assert_eq!(x.routes().ingresses.len(), 2);
 }
 
 #[test]
@@ -235,7 +235,9 @@ fn config_errors_are_nacked_with_their_path() {
     );
     assert!(msg.contains("hop-by-hop"), "{msg}");
     assert!(
-        msg.contains("(config path ingresses[0].rules[0].paths[0].append_headers.connection)"),
+        msg.contains(
+            "(config path ingresses[default/hello].rules[0].paths[0].append_headers.connection)"
+        ),
         "{msg}"
     );
 }

@@ -86,9 +86,9 @@ fn nack(out: &DeltaOutput, nonce: &str) -> String {
     e.message.clone()
 }
 
-fn config_of(out: &DeltaOutput) -> &Config {
+fn config_of(out: &DeltaOutput) -> Config {
     match &out.update {
-        Some(Update::Config(c)) => &c.routes,
+        Some(Update::Config(c)) => c.routes(),
         other => panic!("expected a whole config: {other:?}"),
     }
 }
@@ -117,7 +117,7 @@ fn synced() -> (DeltaClient, Resources) {
     let cfg = config_of(&out);
     assert_eq!(cfg.ingresses.len(), 4);
     assert_eq!(cfg.revisions.len(), 3);
-    weir_config::compile(cfg).unwrap();
+    weir_config::compile(&cfg).unwrap();
     assert!(c.synced());
     (c, res)
 }

@@ -13,9 +13,12 @@
 //!   endpoint-only changes emit just the changed endpoints.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use prost::Message;
-use weir_config::Config;
+use weir_config::model::Readiness;
+use weir_config::sharded::ShardedMap;
+use weir_config::{Change, Config, Key, Objects};
 use xds_api::pb::envoy::config::cluster::v3::Cluster;
 use xds_api::pb::envoy::config::core::v3::{node, Node};
 use xds_api::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
@@ -26,8 +29,8 @@ use xds_api::pb::google::rpc::Status;
 
 use super::{Kind, INVALID_ARGUMENT};
 use crate::translate::from_xds::{
-    self, compose, join_errors, listener_settings, ClusterSpec, ListenerSettings, ListenerSpec,
-    RouteSet,
+    self, compose, compose_changed, join_errors, listener_settings, recompose_clusters,
+    ClusterSpec, Composed, ListenerSettings, ListenerSpec, RouteSet,
 };
 use crate::translate::TranslateError;
 
@@ -35,12 +38,35 @@ use crate::translate::TranslateError;
 const MAX_DETAIL: usize = 4096;
 
 /// What xDS gives the proxy as a whole: routes and revisions, and what the Listeners say.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct XdsConfig {
-    /// Ingresses, revisions and the readiness hosts of status routes.
-    pub routes: Config,
+    /// Ingresses and revisions (services never come from xDS), shared with the store.
+    pub objects: Objects,
+    /// The hosts of status routes.
+    pub readiness: Readiness,
     /// `None` while no Listener is held: the proxy keeps its own listener settings.
     pub listeners: Option<ListenerSettings>,
+    /// What changed in `objects` since the config handed out before this one; `None` for
+    /// the first (or after a refused one), when the proxy compares the whole.
+    pub changes: Option<Vec<Change>>,
+}
+
+impl XdsConfig {
+    /// The routes as a config: ingresses, revisions and readiness hosts.
+    pub fn routes(&self) -> Config {
+        let mut settings = Config::empty();
+        settings.readiness = self.readiness.clone();
+        self.objects.to_config(&settings)
+    }
+}
+
+impl PartialEq for XdsConfig {
+    /// The same routes and listener settings (whatever the change list says).
+    fn eq(&self, other: &Self) -> bool {
+        self.readiness == other.readiness
+            && self.listeners == other.listeners
+            && self.objects.diff(&other.objects).is_empty()
+    }
 }
 
 /// What a response changes in the proxy.
@@ -110,21 +136,20 @@ impl<T> Default for TypeState<T> {
 }
 
 /// The config last handed out, with what an endpoint update needs to find its revisions.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Applied {
-    config: Config,
+    composed: Composed,
     listeners: Option<ListenerSettings>,
-    /// CLA name -> indexes into `config.revisions` of the EDS clusters that use it.
-    eds: HashMap<String, Vec<usize>>,
 }
 
-/// How to take back the update of the last accepted response.
+/// How to take back the update of the last accepted response (cheap to keep: the maps
+/// share everything with the next one's).
 #[derive(Debug)]
 enum Undo {
-    /// The config in force before it (boxed: it is large, and endpoint undos are common).
+    /// The config handed out before it.
     Config(Option<Box<Applied>>),
-    /// (revision index, endpoints before) of an endpoint-only update.
-    Endpoints(Vec<(usize, Vec<String>)>),
+    /// The revisions before an endpoint-only update.
+    Revisions(ShardedMap<Key, Arc<weir_config::model::Revision>>),
 }
 
 /// The accepted resources and the config handed out, of one proxy; it outlives streams and
@@ -138,6 +163,10 @@ pub(super) struct Store {
     listeners: TypeState<ListenerSpec>,
     applied: Option<Applied>,
     undo: Option<Undo>,
+    /// The proxy refused the last config handed out: the next carries no change list.
+    refused: bool,
+    /// ClusterLoadAssignment name -> the EDS clusters that take their endpoints from it.
+    eds_users: HashMap<String, std::collections::BTreeSet<String>>,
 }
 
 /// The update of an accepted response, or the NACK message.
@@ -160,6 +189,8 @@ impl Store {
             listeners: TypeState::default(),
             applied: None,
             undo: None,
+            refused: false,
+            eds_users: HashMap::new(),
         }
     }
 
@@ -197,17 +228,17 @@ impl Store {
     /// still has. The resources stay, so the next change retries them.
     pub(super) fn roll_back(&mut self) {
         match self.undo.take() {
-            Some(Undo::Config(Some(prev))) => self.applied = Some(*prev),
-            Some(Undo::Config(None)) => self.applied = None,
-            Some(Undo::Endpoints(before)) => {
-                if let Some(applied) = &mut self.applied {
-                    for (i, eps) in before {
-                        applied.config.revisions[i].endpoints = eps;
-                    }
+            Some(Undo::Config(prev)) => self.applied = prev.map(|p| *p),
+            Some(Undo::Revisions(before)) => {
+                if let Some(a) = &mut self.applied {
+                    a.composed.objects.revisions = before;
                 }
             }
-            None => {}
+            None => return,
         }
+        // The proxy's config is not what the store last handed out: the next one is
+        // compared whole.
+        self.refused = true;
     }
 
     fn on_routes(&mut self, sets: Vec<(String, RouteSet)>, removed: Removed<'_>) -> Judged {
@@ -215,16 +246,16 @@ impl Store {
             let missing: Vec<TranslateError> = sets
                 .iter()
                 .flat_map(|(name, set)| {
-                    set.vhosts.iter().flat_map(move |vh| {
-                        vh.clusters.iter().map(move |(c, field)| (name, c, field))
-                    })
+                    set.vhosts
+                        .iter()
+                        .flat_map(move |vh| vh.clusters.iter().map(move |r| (name, vh, r)))
                 })
-                .filter(|(_, c, _)| !self.clusters.items.contains_key(*c))
-                .map(|(name, c, field)| {
+                .filter(|(_, _, r)| !self.clusters.items.contains_key(&r.cluster))
+                .map(|(name, vh, r)| {
                     TranslateError::new(
                         format!("RouteConfiguration {name:?}"),
-                        field.clone(),
-                        format!("cluster {c:?} is not among the Clusters received"),
+                        vh.field(r),
+                        format!("cluster {:?} is not among the Clusters received", r.cluster),
                     )
                 })
                 .collect();
@@ -232,9 +263,46 @@ impl Store {
                 return Err(detail(&missing));
             }
         }
+        let mut sets = sets;
+        for (name, set) in &mut sets {
+            if let Some(old) = self.routes.items.get(name) {
+                set.reuse(old);
+            }
+        }
         let undo = merge(&mut self.routes.items, sets, removed);
         let was_received = std::mem::replace(&mut self.routes.received, true);
-        self.recompose(Kind::Routes).inspect_err(|_| {
+        // What changed (a state-of-the-world response repeats the rest, and its virtual hosts
+        // that did not change kept their `Arc`s above).
+        let touched: Vec<(String, Option<RouteSet>)> = undo
+            .iter()
+            .filter(|(name, old)| !same_set(old.as_ref(), self.routes.items.get(name)))
+            .cloned()
+            .collect();
+        let result = match &self.applied {
+            // After a refusal the proxy has the config before it: compare everything.
+            _ if self.refused => self.recompose(Kind::Routes),
+            Some(_) if touched.is_empty() => Ok(None),
+            Some(a) => match compose_changed(
+                &self.routes.items,
+                &self.clusters.items,
+                &self.endpoints.items,
+                &a.composed,
+                &touched,
+            ) {
+                Some(Ok((composed, changes))) => self.hand_out(composed, changes),
+                Some(Err(missing)) => {
+                    log::warn!(
+                        "xDS: {} accepted but not applied until the routes stop naming missing clusters: {}",
+                        Kind::Routes.label(),
+                        join_errors(&missing, 3)
+                    );
+                    Ok(None)
+                }
+                None => self.recompose(Kind::Routes),
+            },
+            None => self.recompose(Kind::Routes),
+        };
+        result.inspect_err(|_| {
             unmerge(&mut self.routes.items, undo);
             self.routes.received = was_received;
         })
@@ -243,16 +311,74 @@ impl Store {
     fn on_clusters(&mut self, specs: Vec<(String, ClusterSpec)>, removed: Removed<'_>) -> Judged {
         let undo = merge(&mut self.clusters.items, specs, removed);
         let was_received = std::mem::replace(&mut self.clusters.received, true);
-        if self.applied.is_some() && !self.routed_cluster_changed(&undo) {
-            // Only clusters no route names were added, changed or removed: nothing routed
-            // changes, so skip composing and validating the whole config again (the usual
-            // case: new clusters arrive ahead of the routes that will name them).
-            return Ok(None);
-        }
-        self.recompose(Kind::Cluster).inspect_err(|_| {
-            unmerge(&mut self.clusters.items, undo);
+        self.index_eds(&undo);
+        let result = match &self.applied {
+            _ if self.refused => self.recompose(Kind::Cluster),
+            Some(a) => {
+                // Only the clusters routes name matter; the others (the usual case: new
+                // clusters ahead of the routes that will name them) change nothing routed.
+                let touched: Vec<&str> = undo
+                    .iter()
+                    .filter(|(name, old)| {
+                        a.composed.routes_to(name) && old.as_ref() != self.clusters.items.get(name)
+                    })
+                    .map(|(name, _)| name.as_str())
+                    .collect();
+                if touched.is_empty() {
+                    Ok(None)
+                } else {
+                    match recompose_clusters(
+                        &self.clusters.items,
+                        &self.endpoints.items,
+                        &a.composed,
+                        &touched,
+                    ) {
+                        Ok((composed, changes)) => self.hand_out(composed, changes),
+                        Err(gone) => {
+                            // Routes are checked on arrival, so this is a response that
+                            // dropped clusters still routed to: hold it until the routes
+                            // follow.
+                            log::warn!(
+                                "xDS: {} accepted but not applied until the routes stop naming missing clusters: {}",
+                                Kind::Cluster.label(),
+                                gone.join(", ")
+                            );
+                            Ok(None)
+                        }
+                    }
+                }
+            }
+            None => self.recompose(Kind::Cluster),
+        };
+        result.inspect_err(|_| {
             self.clusters.received = was_received;
+            let undo_names: Vec<(String, Option<ClusterSpec>)> = undo.clone();
+            unmerge(&mut self.clusters.items, undo);
+            self.index_eds(&undo_names);
         })
+    }
+
+    /// Notes which ClusterLoadAssignment each of the clusters `touched` takes its endpoints
+    /// from (as `self.clusters` has them now).
+    fn index_eds(&mut self, touched: &[(String, Option<ClusterSpec>)]) {
+        for (name, old) in touched {
+            if let Some(e) = old.as_ref().and_then(|o| o.eds_name.as_ref()) {
+                if let Some(users) = self.eds_users.get_mut(e) {
+                    users.remove(name);
+                    if users.is_empty() {
+                        self.eds_users.remove(e);
+                    }
+                }
+            }
+            if let Some(e) = self
+                .clusters
+                .items
+                .get(name)
+                .and_then(|c| c.eds_name.clone())
+            {
+                self.eds_users.entry(e).or_default().insert(name.clone());
+            }
+        }
     }
 
     fn on_endpoints(&mut self, clas: Vec<(String, Vec<String>)>, removed: Removed<'_>) -> Judged {
@@ -276,14 +402,25 @@ impl Store {
             .iter()
             .map(|(name, eps)| (name, eps))
             .chain(gone.iter().map(|name| (name, &none)));
+        let before = applied.composed.objects.revisions.clone();
         let mut changed = Vec::new();
-        let mut before = Vec::new();
         for (name, eps) in new {
-            for &i in applied.eds.get(name).into_iter().flatten() {
-                let rev = &mut applied.config.revisions[i];
+            let keys: Vec<Key> = self
+                .eds_users
+                .get(name)
+                .into_iter()
+                .flatten()
+                .filter_map(|c| applied.composed.revision_of(c))
+                .collect();
+            for key in keys {
+                let Some(rev) = applied.composed.objects.revisions.get(&key) else {
+                    continue;
+                };
                 if rev.endpoints != *eps {
-                    before.push((i, std::mem::replace(&mut rev.endpoints, eps.clone())));
-                    changed.push((rev.namespace.clone(), rev.name.clone(), eps.clone()));
+                    let mut r = (**rev).clone();
+                    r.endpoints = eps.clone();
+                    changed.push((r.namespace.clone(), r.name.clone(), eps.clone()));
+                    applied.composed.objects.revisions.insert(key, Arc::new(r));
                 }
             }
         }
@@ -291,7 +428,7 @@ impl Store {
         if changed.is_empty() {
             return Ok(None);
         }
-        self.undo = Some(Undo::Endpoints(before));
+        self.undo = Some(Undo::Revisions(before));
         Ok(Some(Update::Endpoints(changed)))
     }
 
@@ -314,37 +451,17 @@ impl Store {
         if applied.listeners == settings {
             return Ok(None);
         }
-        let prev = std::mem::replace(&mut applied.listeners, settings.clone());
-        let config = applied.config.clone();
-        let before = Applied {
-            config: config.clone(),
-            listeners: prev,
-            eds: applied.eds.clone(),
-        };
-        self.undo = Some(Undo::Config(Some(Box::new(before))));
-        Ok(Some(Update::Config(Box::new(XdsConfig {
-            routes: config,
+        let before = applied.clone();
+        applied.listeners = settings.clone();
+        let config = XdsConfig {
+            objects: applied.composed.objects.clone(),
+            readiness: applied.composed.readiness.clone(),
             listeners: settings,
-        }))))
-    }
-
-    /// Whether a cluster that some route names is among those `undo` says were touched and
-    /// differs from what it was.
-    fn routed_cluster_changed(&self, undo: &[(String, Option<ClusterSpec>)]) -> bool {
-        let touched: HashMap<&str, Option<&ClusterSpec>> = undo
-            .iter()
-            .map(|(n, old)| (n.as_str(), old.as_ref()))
-            .collect();
-        self.routes
-            .items
-            .values()
-            .flat_map(|set| set.vhosts.iter())
-            .flat_map(|vh| vh.clusters.iter())
-            .any(|(c, _)| {
-                touched
-                    .get(c.as_str())
-                    .is_some_and(|old| *old != self.clusters.items.get(c))
-            })
+            changes: (!self.refused).then(Vec::new),
+        };
+        self.refused = false;
+        self.undo = Some(Undo::Config(Some(Box::new(before))));
+        Ok(Some(Update::Config(Box::new(config))))
     }
 
     /// Composes the accepted sets after a `kind` response; `Ok(None)` when not complete yet
@@ -361,10 +478,13 @@ impl Store {
             );
             return Ok(None);
         }
+        let empty = Composed::default();
+        let prev = self.applied.as_ref().map_or(&empty, |a| &a.composed);
         let composed = match compose(
             &self.routes.items,
             &self.clusters.items,
             &self.endpoints.items,
+            prev,
         ) {
             Ok(c) => c,
             Err(missing) => {
@@ -378,36 +498,55 @@ impl Store {
                 return Ok(None);
             }
         };
-        composed.check().map_err(|errs| detail(&errs))?;
+        let changes = prev.objects.diff(&composed.objects);
+        self.hand_out(composed, changes)
+    }
+
+    /// Hands out `composed`, which differs from what was handed out last by `changes`: only
+    /// those are checked (and compiled by the proxy), an unchanged object was checked when it
+    /// came. `Ok(None)` when nothing changed.
+    fn hand_out(&mut self, composed: Composed, changes: Vec<Change>) -> Judged {
+        composed.check(&changes).map_err(|errs| detail(&errs))?;
         let listeners = listener_settings(&self.listeners.items).map_err(|e| e.to_string())?;
-        if self
-            .applied
-            .as_ref()
-            .is_some_and(|a| a.config == composed.config && a.listeners == listeners)
-        {
+        if self.applied.as_ref().is_some_and(|a| {
+            changes.is_empty()
+                && a.composed.readiness == composed.readiness
+                && a.listeners == listeners
+        }) {
             return Ok(None);
         }
-        let mut eds: HashMap<String, Vec<usize>> = HashMap::new();
-        for (i, cluster) in composed.clusters.iter().enumerate() {
-            if let Some(e) = self
-                .clusters
-                .items
-                .get(cluster)
-                .and_then(|c| c.eds_name.as_ref())
-            {
-                eds.entry(e.clone()).or_default().push(i);
-            }
-        }
-        let prev = self.applied.replace(Applied {
-            config: composed.config.clone(),
+        let first = self.applied.is_none();
+        let config = XdsConfig {
+            objects: composed.objects.clone(),
+            readiness: composed.readiness.clone(),
             listeners: listeners.clone(),
-            eds,
+            changes: (!first && !self.refused).then_some(changes),
+        };
+        self.refused = false;
+        let prev = self.applied.replace(Applied {
+            composed,
+            listeners,
         });
         self.undo = Some(Undo::Config(prev.map(Box::new)));
-        Ok(Some(Update::Config(Box::new(XdsConfig {
-            routes: composed.config,
-            listeners,
-        }))))
+        Ok(Some(Update::Config(Box::new(config))))
+    }
+}
+
+/// Whether a RouteConfiguration is what it was: the same virtual hosts (`Arc`s kept by
+/// [`RouteSet::reuse`] when equal), visibility and kind.
+fn same_set(old: Option<&RouteSet>, new: Option<&RouteSet>) -> bool {
+    match (old, new) {
+        (None, None) => true,
+        (Some(a), Some(b)) => {
+            a.visibility == b.visibility
+                && a.tls == b.tls
+                && a.vhosts.len() == b.vhosts.len()
+                && a.vhosts
+                    .iter()
+                    .zip(&b.vhosts)
+                    .all(|(x, y)| Arc::ptr_eq(x, y))
+        }
+        _ => false,
     }
 }
 

@@ -79,7 +79,7 @@ impl XdsSink for Recorder {
         self.events
             .lock()
             .unwrap()
-            .push(Event::Config(Box::new(cfg.routes)));
+            .push(Event::Config(Box::new(cfg.routes())));
         Ok(0)
     }
     fn set_endpoints(&self, ns: &str, name: &str, eps: &[String]) -> Result<u64, String> {
