@@ -361,10 +361,10 @@ fn proxy(args: ProxyArgs) -> ExitCode {
         println!("{}", opts.describe());
         return ExitCode::SUCCESS;
     }
-    let rt = match server::control_runtime() {
+    let rt = match server::admin_runtime() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: starting the control runtime: {e}");
+            eprintln!("error: starting the admin runtime: {e}");
             return ExitCode::from(1);
         }
     };

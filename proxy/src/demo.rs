@@ -53,7 +53,7 @@ revisions:
 "#;
 
 pub fn run(http: SocketAddr, admin: SocketAddr, threads: usize) -> ExitCode {
-    let rt = match server::control_runtime() {
+    let rt = match server::admin_runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: {e}");

@@ -1,4 +1,4 @@
-//! Process wiring for `weir proxy`: the control runtime (admin API, signals), the pingora
+//! Process wiring for `weir proxy`: the admin runtime (admin API, signals), the pingora
 //! server with one proxy service per listener, and the SIGTERM drain.
 //!
 //! pingora owns the process once `run_forever` is called: it handles SIGTERM (graceful: stop
@@ -156,10 +156,10 @@ const L4_READ_BUFFER: usize = 4 * 1024;
 const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The runtime of everything that is not the data plane: admin API, signals, demo backends.
-pub fn control_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+pub fn admin_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
-        .thread_name("weir-control")
+        .thread_name("weir-admin")
         .enable_all()
         .build()
 }
