@@ -3,13 +3,11 @@
 //! request holding its slot (the release itself, not the HTTP round trips).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use weir_config::model::Protocol;
-use weir_proxy::metrics::Metrics;
-use weir_proxy::revision::{HeldMemory, Revision, Settings};
+use weir_proxy::revision::{Revision, Settings, Shared};
 
 const HELD: usize = 10_000;
 
@@ -26,13 +24,7 @@ fn settings() -> Settings {
 
 /// Holds `HELD` acquisitions, then times one `update` until all have their slot.
 async fn hold_and_release() -> Duration {
-    let rev = Revision::new(
-        "default",
-        "bench",
-        settings(),
-        Arc::new(Metrics::new()),
-        Arc::new(HeldMemory::default()),
-    );
+    let rev = Revision::new("default", "bench", settings(), &Shared::default());
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut tasks = Vec::with_capacity(HELD);
     for _ in 0..HELD {

@@ -5,7 +5,7 @@ Normally started by benches/e2e/run.sh, which installs the tools and builds the 
 
     benches/e2e/run.sh [--reps 5] [--duration 10] [--scenarios 1,2,3] [--force]
 
-Layout on a two-core machine (see /work/shared/peers/README.md): the proxy under test alone on
+Layout on a two-core machine (benches/e2e/README.md): the proxy under test alone on
 core 1 (`taskset -c 1`), the backends (one nginx worker, two ports) and the load generators on
 core 0. Targets alternate A B C D ... for every rep, each a fresh process with its own warm-up.
 
@@ -419,7 +419,7 @@ def parse_variant(text):
     path, *env = rest.split(",")
     if not name or not path:
         raise argparse.ArgumentTypeError(f"--variant wants NAME=PATH[,VAR=VALUE...], not {text!r}")
-    if name in ("weir", "weir-nostats", "nginx", "haproxy"):
+    if name in ("weir", "nginx", "haproxy"):
         raise argparse.ArgumentTypeError(f"--variant name {name!r} is taken")
     if not os.access(path, os.X_OK):
         raise argparse.ArgumentTypeError(f"--variant {name}: {path} is not an executable")
@@ -456,7 +456,6 @@ def make_targets(args, scratch, ports, many):
 
     all_targets = {
         "weir": Target("weir", weir_cmd),
-        "weir-nostats": Target("weir-nostats", weir_cmd, {"WEIR_STATS": "off"}),
         "nginx": Target("nginx", nginx_cmd),
         "haproxy": Target("haproxy", haproxy_cmd),
     }
@@ -709,7 +708,7 @@ def table(title, rows, figures, note=""):
             medians[name][key] = med
         lines.append(f"| {name} | {len(rs)} | " + " | ".join(cells) + " |")
     ratio_lines = []
-    for w in ("weir", "weir-nostats", *sorted(VARIANTS)):
+    for w in ("weir", *sorted(VARIANTS)):
         for peer in ("nginx", "haproxy", "bare-pingora"):
             if w in medians and peer in medians:
                 cells = []
@@ -772,9 +771,37 @@ def git_rev():
                              text=True).stdout.strip()
         dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True).stdout.strip()
-        return rev + ("+dirty" if dirty else "")
+        return rev + (" with uncommitted changes" if dirty else "")
     except OSError:
         return "?"
+
+
+def results_name(args):
+    """One file per scenario set (and variant set), overwritten by the next run of the same set:
+    the latest figures; earlier ones are in git history."""
+    name = "latest-" + "-".join(str(s) for s in args.scenarios)
+    if VARIANTS:
+        name += "-ab"
+    return name + ".md"
+
+
+def shown(path):
+    """A path as a results file shows it: relative to the repo, else its file name only (no
+    machine paths in committed results)."""
+    try:
+        rel = os.path.relpath(os.path.abspath(path), ROOT)
+    except ValueError:
+        rel = path
+    return os.path.basename(path) if rel.startswith("..") else rel
+
+
+def scrub(word):
+    """A command-line word with any path in it (`PATH`, `NAME=PATH`, `NAME=PATH,VAR=V`) shown."""
+    name, eq, rest = word.rpartition("=") if "=" in word.split(",")[0] else ("", "", word)
+    path, comma, tail = rest.partition(",")
+    if os.sep in path and os.path.exists(path):
+        path = shown(path)
+    return f"{name}{eq}{path}{comma}{tail}"
 
 
 def which(name, extra=()):
@@ -793,8 +820,8 @@ def main():
     ap.add_argument("--duration", type=float, default=10, help="seconds of each measured run (default 10)")
     ap.add_argument("--warmup", type=float, default=2, help="seconds of warm-up per fresh process (default 2)")
     ap.add_argument("--scenarios", default="1,2,3", help="comma-separated subset of 1,2,3 (default all)")
-    ap.add_argument("--targets", default="weir,weir-nostats,nginx,haproxy",
-                    help="comma-separated, in the alternation order (default weir,weir-nostats,nginx,haproxy)")
+    ap.add_argument("--targets", default="weir,nginx,haproxy",
+                    help="comma-separated, in the alternation order (default weir,nginx,haproxy)")
     ap.add_argument("--no-direct", action="store_true",
                     help="skip the backend-direct ceiling row of scenario 1")
     ap.add_argument("--rate", type=float, default=None,
@@ -805,7 +832,7 @@ def main():
                     help="max seconds to wait for idle cores before each run (default 15; 2 with --force)")
     ap.add_argument("--force", action="store_true", help="run even if the machine is busy")
     ap.add_argument("--weir", default=os.path.join(ROOT, "target", "release", "weir"))
-    ap.add_argument("--peers", default="/work/shared/peers", help="folder of the peers' configs")
+    ap.add_argument("--peers", default=os.path.join(HERE, "peers"), help="folder of the peers' configs (default: benches/e2e/peers)")
     ap.add_argument("--results", default=os.path.join(HERE, "results"))
     ap.add_argument("--keep", action="store_true", help="keep the scratch dir (configs, logs)")
     ap.add_argument("--variant", type=parse_variant, action="append", default=[], metavar="NAME=PATH[,VAR=V]",
@@ -823,7 +850,7 @@ def main():
     args.scenarios = sorted({int(s) for s in args.scenarios.split(",") if s.strip()})
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     bad = [s for s in args.scenarios if s not in (1, 2, 3)]
-    bad += [t for t in args.targets if t not in ("weir", "weir-nostats", "nginx", "haproxy")]
+    bad += [t for t in args.targets if t not in ("weir", "nginx", "haproxy")]
     for name, _, _ in args.variant:
         VARIANTS.add(name)
         at = args.targets.index("weir") + 1 if "weir" in args.targets else len(args.targets)
@@ -873,6 +900,8 @@ def main():
                 die(f"refusing to benchmark: {busy}. Wait, or pass --force for a smoke run.")
 
     cmdline = os.environ.get("WEIR_E2E_CMD") or "python3 benches/e2e/run.py " + " ".join(sys.argv[1:])
+    # No machine paths in what is committed: paths outside the repo shown by file name.
+    cmdline = " ".join(scrub(w) for w in cmdline.split(" "))
     model, ncpu, kernel = machine_info()
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     header = [
@@ -881,7 +910,7 @@ def main():
         f"- command: `{cmdline}`",
         f"- machine: {model}, {ncpu} cores, kernel {kernel}; load average at start "
         f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}" + (" (**--force: machine was busy**)" if busy else ""),
-        f"- weir: {args.weir} (git {git_rev()}), `--threads 1`; "
+        f"- weir: {shown(args.weir)} (git {git_rev()}), `--threads 1`; "
         f"nginx: {tool_version([args.nginx, '-v'])}; "
         f"haproxy: {tool_version([args.haproxy, '-v']) if args.haproxy else 'not installed'}; "
         f"wrk: {tool_version([args.wrk, '-v']) if args.wrk else 'not installed'}; "
@@ -1062,7 +1091,7 @@ def main():
         stop_all()
         if sections:
             os.makedirs(args.results, exist_ok=True)
-            path = os.path.join(args.results, f"{stamp}.md")
+            path = os.path.join(args.results, results_name(args))
             with open(path, "w") as f:
                 f.write("\n".join(header) + "\n" + "\n".join(sections))
                 f.write("\n### Every run\n\n```\n" + "\n".join(raw_lines) + "\n```\n")

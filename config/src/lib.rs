@@ -38,7 +38,7 @@ pub use table::{
     compile, normalize_host, AffinityMode, HostError, HostRoute, Listener, Owner, PathRoute,
     RouteTable,
 };
-pub use validate::{parse_endpoint, validate, Endpoint};
+pub use validate::{parse_endpoint, validate, EndpointSpec};
 
 /// The two spellings of a config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,4 +1,4 @@
-//! The file/API form of Weir's config: serde types that mirror CONTRACT.md section 2.
+//! The file/API form of Weir's config: serde types; the format is documented in docs/config.md.
 //!
 //! These types accept anything shaped roughly right and keep what they cannot judge yet
 //! (unknown fields, durations as written) so that [`crate::validate`] can report every
@@ -31,7 +31,7 @@ pub struct Config {
     pub tag_header_routing: bool,
     /// How long SIGTERM waits for in-flight requests before the process exits.
     #[serde(default = "defaults::drain_timeout")]
-    pub drain_timeout: Duration,
+    pub drain_timeout: TextDuration,
     /// Worker threads of each data-plane listener (the `--threads` flag wins).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threads: Option<usize>,
@@ -141,11 +141,11 @@ pub struct Limits {
     /// A request head must arrive whole within this: from accept for a connection's first
     /// request, from its first byte for the next ones; then 408 and close. `0s`: no limit.
     #[serde(default = "defaults::header_read_timeout")]
-    pub header_read_timeout: Duration,
+    pub header_read_timeout: TextDuration,
     /// A client connection with no request in flight is closed after this (HTTP/2: GOAWAY).
     /// `0s`: never. Requests that reached a backend are never timed out.
     #[serde(default = "defaults::idle_timeout")]
-    pub idle_timeout: Duration,
+    pub idle_timeout: TextDuration,
     /// Client connections open at once; beyond it Weir stops accepting (the kernel's listen
     /// backlog holds the rest). Default: 3/4 of the open-file limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -250,7 +250,7 @@ pub struct Hold {
     pub queue_depth: u32,
     /// How long a request may wait for a revision that sets no `timeout` of its own.
     #[serde(default = "defaults::hold_timeout")]
-    pub timeout: Duration,
+    pub timeout: TextDuration,
     #[serde(flatten, skip_serializing)]
     pub unknown: Unknown,
 }
@@ -270,7 +270,7 @@ impl Default for Hold {
 pub struct Autoscaler {
     pub url: String,
     #[serde(default = "defaults::report_interval")]
-    pub interval: Duration,
+    pub interval: TextDuration,
     #[serde(flatten, skip_serializing)]
     pub unknown: Unknown,
 }
@@ -383,7 +383,7 @@ pub struct PathRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rewrite_host: Option<String>,
     #[serde(default)]
-    pub splits: Vec<Split>,
+    pub splits: Vec<SplitTarget>,
     /// Keeps a user on one revision across the weighted split.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<Affinity>,
@@ -404,7 +404,7 @@ pub struct Affinity {
     pub cookie: Option<String>,
     /// Cookie lifetime (`Max-Age`); default 24h.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ttl: Option<Duration>,
+    pub ttl: Option<TextDuration>,
     /// With `cookie`: also stay on the same endpoint while it exists and has a free slot.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub instance_affinity: bool,
@@ -413,7 +413,7 @@ pub struct Affinity {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Split {
+pub struct SplitTarget {
     pub revision: String,
     /// The revision's namespace; defaults to the ingress's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -443,7 +443,7 @@ pub struct Revision {
     pub container_concurrency: u32,
     /// How long a request may be held for this revision; default `hold.timeout`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<Duration>,
+    pub timeout: Option<TextDuration>,
     #[serde(default)]
     pub protocol: Protocol,
     /// `IP:port` or `host:port`; empty = scaled to zero.
@@ -480,33 +480,33 @@ pub struct TlsEntry {
     pub unknown: Unknown,
 }
 
-// === impl Duration ===
+// === impl TextDuration ===
 
 /// A duration as written in the config (`300ms`, `5s`, `10m`, `1h`).
 ///
 /// Deserialising never fails: a bad string is kept and reported by validation with its path,
 /// together with every other error.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Duration {
+pub struct TextDuration {
     raw: String,
     value: Option<time::Duration>,
 }
 
-impl Duration {
-    pub fn parse(raw: &str) -> Duration {
-        Duration {
+impl TextDuration {
+    pub fn parse(raw: &str) -> TextDuration {
+        TextDuration {
             raw: raw.to_owned(),
             value: parse_duration(raw),
         }
     }
 
-    pub fn from_std(d: time::Duration) -> Duration {
+    pub fn from_std(d: time::Duration) -> TextDuration {
         let raw = if d.subsec_nanos() == 0 {
             format!("{}s", d.as_secs())
         } else {
             format!("{}ms", d.as_millis())
         };
-        Duration {
+        TextDuration {
             raw,
             value: Some(d),
         }
@@ -522,19 +522,19 @@ impl Duration {
     }
 }
 
-impl fmt::Debug for Duration {
+impl fmt::Debug for TextDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:?}", self.raw)
     }
 }
 
-impl Serialize for Duration {
+impl Serialize for TextDuration {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.raw)
     }
 }
 
-impl<'de> Deserialize<'de> for Duration {
+impl<'de> Deserialize<'de> for TextDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         // Accept any scalar so that `timeout: 30` is reported as "needs a unit" by
         // validation rather than as a type error that hides every other problem.
@@ -543,14 +543,14 @@ impl<'de> Deserialize<'de> for Duration {
             serde_json::Value::String(s) => s,
             other => other.to_string(),
         };
-        Ok(Duration::parse(&raw))
+        Ok(TextDuration::parse(&raw))
     }
 }
 
 // === impl ByteSize ===
 
 /// A size as written in the config: a number of bytes, or a number with a unit `KiB`, `MiB`
-/// or `GiB` (`64KiB`, `512MiB`). Like [`Duration`], a bad value is kept and reported by
+/// or `GiB` (`64KiB`, `512MiB`). Like [`TextDuration`], a bad value is kept and reported by
 /// validation with its path.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ByteSize {
@@ -637,7 +637,7 @@ pub fn parse_duration(raw: &str) -> Option<time::Duration> {
 }
 
 mod defaults {
-    use super::{ByteSize, Duration};
+    use super::{ByteSize, TextDuration};
 
     pub fn domain() -> String {
         "example.com".into()
@@ -657,23 +657,23 @@ mod defaults {
     pub fn queue_depth() -> u32 {
         10_000
     }
-    pub fn hold_timeout() -> Duration {
-        Duration::parse("300s")
+    pub fn hold_timeout() -> TextDuration {
+        TextDuration::parse("300s")
     }
-    pub fn drain_timeout() -> Duration {
-        Duration::parse("30s")
+    pub fn drain_timeout() -> TextDuration {
+        TextDuration::parse("30s")
     }
-    pub fn report_interval() -> Duration {
-        Duration::parse("1s")
+    pub fn report_interval() -> TextDuration {
+        TextDuration::parse("1s")
     }
     pub fn readiness_path() -> String {
         "/ready".into()
     }
-    pub fn header_read_timeout() -> Duration {
-        Duration::parse("10s")
+    pub fn header_read_timeout() -> TextDuration {
+        TextDuration::parse("10s")
     }
-    pub fn idle_timeout() -> Duration {
-        Duration::parse("60s")
+    pub fn idle_timeout() -> TextDuration {
+        TextDuration::parse("60s")
     }
     pub fn max_request_headers_size() -> ByteSize {
         ByteSize::parse("64KiB")

@@ -86,18 +86,18 @@ pub fn changes(settings: &Config, after: &Objects, changes: &[Change]) -> Result
 
 /// An endpoint as written: `IP:port` (resolved) or `host:port` (resolved by the proxy).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Endpoint {
+pub enum EndpointSpec {
     Addr(SocketAddr),
     Name(String, u16),
 }
 
 /// Parses `IP:port`, `[v6]:port` or `host:port`.
-pub fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
+pub fn parse_endpoint(s: &str) -> Result<EndpointSpec, String> {
     if let Ok(a) = s.parse::<SocketAddr>() {
         if a.port() == 0 {
             return Err("port 0 is not a valid endpoint port".into());
         }
-        return Ok(Endpoint::Addr(a));
+        return Ok(EndpointSpec::Addr(a));
     }
     let Some((host, port)) = s.rsplit_once(':') else {
         return Err("expected IP:port or host:port".into());
@@ -109,7 +109,7 @@ pub fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
     if host.contains(':') || !is_dns_name(host) {
         return Err(format!("{host:?} is neither an IP address nor a DNS name"));
     }
-    Ok(Endpoint::Name(host.to_ascii_lowercase(), port))
+    Ok(EndpointSpec::Name(host.to_ascii_lowercase(), port))
 }
 
 #[derive(Default)]
@@ -133,7 +133,7 @@ impl Validator {
         }
     }
 
-    fn duration(&mut self, path: &str, d: &Duration) -> Option<std::time::Duration> {
+    fn duration(&mut self, path: &str, d: &TextDuration) -> Option<std::time::Duration> {
         match d.get() {
             Some(v) => Some(v),
             None => {
@@ -861,12 +861,15 @@ mod tests {
     fn endpoints() {
         assert!(matches!(
             parse_endpoint("127.0.0.1:80"),
-            Ok(Endpoint::Addr(_))
+            Ok(EndpointSpec::Addr(_))
         ));
-        assert!(matches!(parse_endpoint("[::1]:80"), Ok(Endpoint::Addr(_))));
+        assert!(matches!(
+            parse_endpoint("[::1]:80"),
+            Ok(EndpointSpec::Addr(_))
+        ));
         assert_eq!(
             parse_endpoint("Pod.local:8080"),
-            Ok(Endpoint::Name("pod.local".into(), 8080))
+            Ok(EndpointSpec::Name("pod.local".into(), 8080))
         );
         assert!(parse_endpoint("127.0.0.1").is_err());
         assert!(parse_endpoint("127.0.0.1:0").is_err());

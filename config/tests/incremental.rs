@@ -7,7 +7,7 @@
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use weir_config::model::{
-    Config, HttpOption, Ingress, PathRule, Revision, Rule, Service, Split, TrafficTarget,
+    Config, HttpOption, Ingress, PathRule, Revision, Rule, Service, SplitTarget, TrafficTarget,
     Visibility,
 };
 use weir_config::objects::settings_of;
@@ -112,7 +112,7 @@ fn ingress(rng: &mut StdRng, ns: &str, name: &str) -> Ingress {
                         rewrite_host: None,
                         splits: percents(rng, n)
                             .into_iter()
-                            .map(|percent| Split {
+                            .map(|percent| SplitTarget {
                                 revision: revision_name(rng),
                                 namespace: rng
                                     .random_bool(0.2)

@@ -6,8 +6,8 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use weir_config::model::Protocol;
 use weir_config::{
-    compile, load, parse, Endpoint, Format, HostError, HostRoute, Listener, PathRoute, RouteTable,
-    Split,
+    compile, load, parse, EndpointSpec, Format, HostError, HostRoute, Listener, PathRoute,
+    RouteTable, Split,
 };
 
 // === a good config, in both spellings ===
@@ -409,7 +409,7 @@ fn revisions_load_with_defaults() {
     assert_eq!(h1.container_concurrency, 10);
     assert_eq!(cfg.revision_timeout(h1), Duration::from_secs(5));
     assert_eq!(h1.protocol, Protocol::Http1);
-    let parsed = |r: &weir_config::model::Revision| -> Vec<Endpoint> {
+    let parsed = |r: &weir_config::model::Revision| -> Vec<EndpointSpec> {
         r.endpoints
             .iter()
             .map(|e| weir_config::parse_endpoint(e).unwrap())
@@ -418,8 +418,8 @@ fn revisions_load_with_defaults() {
     assert_eq!(
         parsed(h1),
         vec![
-            Endpoint::Addr("127.0.0.1:9001".parse().unwrap()),
-            Endpoint::Addr("127.0.0.1:9002".parse().unwrap()),
+            EndpointSpec::Addr("127.0.0.1:9001".parse().unwrap()),
+            EndpointSpec::Addr("127.0.0.1:9002".parse().unwrap()),
         ]
     );
     let h2 = &revs[1];
@@ -431,12 +431,12 @@ fn revisions_load_with_defaults() {
     assert_eq!(h2.protocol, Protocol::H2c);
     assert_eq!(
         parsed(h2),
-        vec![Endpoint::Name("pod-2.default.svc".into(), 8080)]
+        vec![EndpointSpec::Name("pod-2.default.svc".into(), 8080)]
     );
     assert!(revs[2].endpoints.is_empty(), "scaled to zero");
     assert_eq!(
         parsed(&revs[3]),
-        vec![Endpoint::Addr("[::1]:9003".parse().unwrap())]
+        vec![EndpointSpec::Addr("[::1]:9003".parse().unwrap())]
     );
     assert!(t.tag_header_routing());
     assert_eq!(

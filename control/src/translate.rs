@@ -1,4 +1,4 @@
-//! Weir config <-> Envoy xDS resources (CONTRACT.md section 7, mapping table in README.md).
+//! Weir config <-> Envoy xDS resources (the mapping table is in control/README.md; the stream in docs/api.md#xds).
 //!
 //! - [`to_resources`]: a valid `weir_config::Config` as the RouteConfigurations, Clusters and
 //!   ClusterLoadAssignments that `weir control` serves.

@@ -4,7 +4,7 @@
 
 use prost::Message;
 use weir_control::translate::from_xds::{cluster_spec, endpoints, listener_spec, route_set};
-use weir_control::xds::{AdsClient, DeltaClient};
+use weir_control::xds::{DeltaClient, SotwClient};
 use weir_control::xds_api::pb::envoy::config::cluster::v3::Cluster;
 use weir_control::xds_api::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use weir_control::xds_api::pb::envoy::config::listener::v3::Listener;
@@ -35,7 +35,7 @@ pub fn check_xds(data: &[u8]) {
         }
     }
     if let Ok(resp) = DiscoveryResponse::decode(data) {
-        let out = AdsClient::new("fuzz").on_response(resp);
+        let out = SotwClient::new("fuzz").on_response(resp);
         assert_eq!(out.requests.len(), 1, "one ACK or NACK");
     }
     if let Ok(resp) = DeltaDiscoveryResponse::decode(data) {

@@ -1,4 +1,4 @@
-//! Concurrency reports to the autoscaler, Knative's stat protocol (CONTRACT.md section 6).
+//! Concurrency reports to the autoscaler, Knative's stat protocol (docs/metrics.md#autoscaler-reports).
 //!
 //! Every `interval` each revision's window is closed (so `/v1/stats` always shows the last
 //! window); when an autoscaler URL is set, revisions with traffic are sent as one binary
@@ -61,15 +61,12 @@ pub struct ReporterConfig {
     pub interval: Duration,
 }
 
-/// Wires the poke hook and runs the reporter until the process ends.
+/// Takes the revisions' pokes and runs the reporter until the process ends.
 pub async fn run(state: Arc<State>, cfg: ReporterConfig) {
-    let (poke_tx, mut pokes) = mpsc::unbounded_channel::<(String, String)>();
-    let _ = state
-        .metrics
-        .poke_hook
-        .set(Box::new(move |ns: &str, name: &str| {
-            let _ = poke_tx.send((ns.to_owned(), name.to_owned()));
-        }));
+    let Some(mut pokes) = state.shared.pokes.take() else {
+        log::error!("the autoscaler reporter runs twice; not starting it again");
+        return;
+    };
     let started = Instant::now();
     let (conn_tx, mut conn_rx) = mpsc::channel::<Connection>(1);
     if let Some(url) = cfg.url.clone() {
@@ -94,8 +91,8 @@ pub async fn run(state: Arc<State>, cfg: ReporterConfig) {
                 }
                 let msgs = WireStatMessages {
                     messages: vec![WireStatMessage {
-                        namespace: ns.clone(),
-                        name: name.clone(),
+                        namespace: ns.to_string(),
+                        name: name.to_string(),
                         stat: Some(Stat {
                             pod_name: cfg.node_id.clone(),
                             average_concurrent_requests: 1.0,
@@ -107,7 +104,7 @@ pub async fn run(state: Arc<State>, cfg: ReporterConfig) {
                     }],
                 };
                 if send(&state, &mut conn, &msgs).await {
-                    poked.insert((ns, name));
+                    poked.insert((ns.to_string(), name.to_string()));
                 }
             }
             Some(c) = conn_rx.recv() => {

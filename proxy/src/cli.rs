@@ -1,4 +1,4 @@
-//! The `weir` command line: `proxy`, `control`, `check` and `demo` (CONTRACT.md section 1).
+//! The `weir` command line: `proxy`, `control`, `check` and `demo` (docs/api.md#commands).
 //! Exit codes: 0 clean stop, 1 invalid config or failed start, 2 bad usage.
 
 use std::net::SocketAddr;

@@ -1,4 +1,4 @@
-//! Prometheus metrics of CONTRACT.md section 5: one registry per process, rendered by the
+//! Prometheus metrics (docs/metrics.md): one registry per process, rendered by the
 //! admin listener. Per-revision handles are resolved once and cached on the revision, so
 //! the request path does atomic adds, not label lookups.
 
@@ -29,8 +29,6 @@ pub struct Metrics {
     pub held_memory_bytes: IntGauge,
     /// The listeners' connection limit and the held-request budget, read when rendering.
     pub edge: std::sync::OnceLock<EdgeGauges>,
-    /// Called with (namespace, revision) on every poke; set once by the autoscaler reporter.
-    pub poke_hook: std::sync::OnceLock<PokeHook>,
 }
 
 /// What the connection and held-memory gauges read from.
@@ -47,9 +45,6 @@ pub fn log_limited(last: &std::sync::Mutex<Option<std::time::Instant>>, line: &s
         log::warn!("{line} (logged at most every 10 s; see weir_overload_rejections_total)");
     }
 }
-
-/// Receives scale-from-zero pokes.
-pub type PokeHook = Box<dyn Fn(&str, &str) + Send + Sync>;
 
 fn latency_buckets() -> Vec<f64> {
     // 0.5 ms .. ~65 s
@@ -169,7 +164,6 @@ impl Metrics {
             .expect("metric"),
             edge: std::sync::OnceLock::new(),
             registry,
-            poke_hook: std::sync::OnceLock::new(),
         };
         let r = &m.registry;
         for c in [
@@ -214,7 +208,7 @@ impl Metrics {
 
     /// Counter of requests for (namespace, revision, code); `""` labels for unrouted ones.
     pub fn request_counter(&self, ns: &str, rev: &str, code: u16) -> IntCounter {
-        let mut buf = itoa_buf(code);
+        let mut buf = [0u8; 3];
         self.requests
             .with_label_values(&[ns, rev, code_str(code, &mut buf)])
     }
@@ -240,10 +234,6 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
     }
-}
-
-fn itoa_buf(_code: u16) -> [u8; 3] {
-    [b'0'; 3]
 }
 
 fn code_str(code: u16, buf: &mut [u8; 3]) -> &str {

@@ -69,6 +69,49 @@ pub struct Settings {
     pub poke_interval: Duration,
 }
 
+/// The (namespace, revision) of each poke.
+pub type PokeReceiver = tokio::sync::mpsc::UnboundedReceiver<(Arc<str>, Arc<str>)>;
+
+/// Where scale-from-zero pokes go: the autoscaler reporter takes the receiving end once
+/// ([`Pokes::take`]); until then (or without a reporter) a poke goes nowhere.
+#[derive(Debug)]
+pub struct Pokes {
+    tx: tokio::sync::mpsc::UnboundedSender<(Arc<str>, Arc<str>)>,
+    rx: Mutex<Option<PokeReceiver>>,
+}
+
+impl Default for Pokes {
+    fn default() -> Self {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        Pokes {
+            tx,
+            rx: Mutex::new(Some(rx)),
+        }
+    }
+}
+
+impl Pokes {
+    /// The (namespace, revision) of every poke from now on; `None` once taken.
+    pub fn take(&self) -> Option<PokeReceiver> {
+        self.rx.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    fn send(&self, namespace: &Arc<str>, name: &Arc<str>) {
+        // Nobody took the receiver (no reporter): the queue would only grow, so do not send.
+        if self.rx.lock().unwrap_or_else(|p| p.into_inner()).is_none() {
+            let _ = self.tx.send((namespace.clone(), name.clone()));
+        }
+    }
+}
+
+/// What every revision of a process shares: metrics, the held-request budget, the pokes.
+#[derive(Clone, Default)]
+pub struct Shared {
+    pub metrics: Arc<Metrics>,
+    pub held_memory: Arc<HeldMemory>,
+    pub pokes: Arc<Pokes>,
+}
+
 /// What a held request is counted as, besides its buffered body: its connection, pingora
 /// session and task while it waits (measured with `benches/hold_memory.py`).
 pub const HELD_REQUEST_COST: u64 = 16 * 1024;
@@ -155,7 +198,7 @@ pub struct Revision {
     pub name_value: HeaderValue,
     set: ArcSwap<EndpointSet>,
     /// The endpoints as declared (names unresolved), for the DNS refresh.
-    declared: Mutex<Arc<[weir_config::Endpoint]>>,
+    declared: Mutex<Arc<[weir_config::EndpointSpec]>>,
     rr: AtomicUsize,
     /// Requests in the queue; read without the lock to keep the fast path lock-free.
     waiting: AtomicUsize,
@@ -170,6 +213,7 @@ pub struct Revision {
     last_poke: AtomicU64,
     epoch: Instant,
     metrics: Arc<Metrics>,
+    pokes: Arc<Pokes>,
     handles: Handles,
     /// Time-weighted concurrency for the autoscaler and `/v1/stats`.
     pub stats: RevisionStats,
@@ -194,10 +238,6 @@ impl Slot {
     pub fn addr(&self) -> SocketAddr {
         self.endpoint.addr
     }
-
-    pub fn endpoint(&self) -> &Arc<Endpoint> {
-        &self.endpoint
-    }
 }
 
 impl Drop for Slot {
@@ -211,13 +251,7 @@ impl Drop for Slot {
 }
 
 impl Revision {
-    pub fn new(
-        namespace: &str,
-        name: &str,
-        settings: Settings,
-        metrics: Arc<Metrics>,
-        held_memory: Arc<HeldMemory>,
-    ) -> Arc<Revision> {
+    pub fn new(namespace: &str, name: &str, settings: Settings, shared: &Shared) -> Arc<Revision> {
         let set = EndpointSet {
             endpoints: Box::new([]),
             unresolved: false,
@@ -235,12 +269,13 @@ impl Revision {
             rr: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             held_bytes: AtomicU64::new(0),
-            held_memory,
+            held_memory: shared.held_memory.clone(),
             queue: Mutex::new(VecDeque::new()),
             next_waiter: AtomicU64::new(0),
             last_poke: AtomicU64::new(u64::MAX),
             epoch: Instant::now(),
-            metrics,
+            metrics: shared.metrics.clone(),
+            pokes: shared.pokes.clone(),
             handles: Handles::default(),
             stats: RevisionStats::default(),
         })
@@ -255,14 +290,14 @@ impl Revision {
     }
 
     /// The endpoints as last declared (names not resolved).
-    pub fn declared(&self) -> Arc<[weir_config::Endpoint]> {
+    pub fn declared(&self) -> Arc<[weir_config::EndpointSpec]> {
         self.declared
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
 
-    pub fn set_declared(&self, endpoints: impl Into<Arc<[weir_config::Endpoint]>>) {
+    pub fn set_declared(&self, endpoints: impl Into<Arc<[weir_config::EndpointSpec]>>) {
         *self.declared.lock().unwrap_or_else(|p| p.into_inner()) = endpoints.into();
     }
 
@@ -577,9 +612,7 @@ impl Revision {
                 .pokes
                 .with_label_values(&[&self.namespace, &self.name])
                 .inc();
-            if let Some(hook) = self.metrics.poke_hook.get() {
-                hook(&self.namespace, &self.name);
-            }
+            self.pokes.send(&self.namespace, &self.name);
         }
     }
 
@@ -706,8 +739,7 @@ mod tests {
             "default",
             "r1",
             settings(cc, timeout_ms, depth),
-            Arc::new(Metrics::new()),
-            Arc::new(HeldMemory::default()),
+            &Shared::default(),
         );
         let a: Vec<SocketAddr> = addrs.iter().map(|a| a.parse().unwrap()).collect();
         r.update(&a, settings(cc, timeout_ms, depth));

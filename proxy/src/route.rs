@@ -3,7 +3,7 @@
 //! `request_filter` routes (one snapshot load, host lookup, path rule, split draw) and answers
 //! unroutable requests itself; `upstream_peer` takes a slot on an endpoint of the chosen
 //! revision, holding the request when there is none; `upstream_request_filter` sets the
-//! headers of CONTRACT.md section 3; `logging` frees the slot and records metrics.
+//! headers of docs/behaviour.md#upstream-request-headers; `logging` frees the slot and records metrics.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -77,8 +77,6 @@ pub struct WeirProxy {
     /// `X-Forwarded-Proto` of this listener.
     pub scheme: HeaderValue,
     pub active: Arc<Active>,
-    /// Concurrency accounting for the autoscaler; off only to measure what it costs.
-    pub stats: bool,
     /// Weir reports concurrency to Knative's autoscaler: requests go upstream with
     /// `K-Proxy-Request: activator`, so queue-proxy's own counts of them are not added a
     /// second time (the autoscaler subtracts "proxied" load).
@@ -186,19 +184,17 @@ impl WeirProxy {
                 ),
             };
         }
-        if self.stats {
-            // A client's claim to be the activator counts only from inside the cluster.
-            let proxied = self.listener == Listener::Internal
-                && req
-                    .headers
-                    .get(&PROXY_HEADER)
-                    .is_some_and(|v| v.as_bytes() == b"activator");
-            rev.stats.begin(proxied);
-            ctx.stats = Some(StatsGuard {
-                revision: rev.clone(),
-                proxied,
-            });
-        }
+        // A client's claim to be the activator counts only from inside the cluster.
+        let proxied = self.listener == Listener::Internal
+            && req
+                .headers
+                .get(&PROXY_HEADER)
+                .is_some_and(|v| v.as_bytes() == b"activator");
+        rev.stats.begin(proxied);
+        ctx.stats = Some(StatsGuard {
+            revision: rev.clone(),
+            proxied,
+        });
         ctx.revision = Some(rev.clone());
         ctx.tag = target.tag.clone();
         if !rule.append_headers.is_empty() {

@@ -343,7 +343,6 @@ pub fn run(opts: ProxyOptions, rt: &tokio::runtime::Runtime, state: Arc<State>) 
             listener,
             scheme: HeaderValue::from_static(if certs.is_some() { "https" } else { "http" }),
             active: active.clone(),
-            stats: std::env::var("WEIR_STATS").map_or(true, |v| v != "off"),
             reporting,
         };
         let mut svc = http_proxy_service_with_name(&server.configuration, proxy, name);

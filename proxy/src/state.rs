@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use weir_config::sharded::ShardedMap;
 use weir_config::{
-    Change, Compiled, Config, ConfigError, ConfigErrors, Endpoint, Key, Kind, Plan, Update,
+    Change, Compiled, Config, ConfigError, ConfigErrors, EndpointSpec, Key, Kind, Plan, Update,
 };
 
 use crate::metrics::Metrics;
@@ -40,7 +40,7 @@ impl Edge {
     }
 
     fn apply(&self, limits: &weir_config::model::Limits) {
-        let timeout = |d: &weir_config::model::Duration| d.get().filter(|t| !t.is_zero());
+        let timeout = |d: &weir_config::model::TextDuration| d.get().filter(|t| !t.is_zero());
         self.header_read_timeout
             .set(timeout(&limits.header_read_timeout));
         self.idle_timeout.set(timeout(&limits.idle_timeout));
@@ -117,7 +117,7 @@ struct Resolved {
     addrs: Vec<SocketAddr>,
     /// Some declared name gave no address ([`Dns::BestEffort`]).
     unresolved: bool,
-    declared: Vec<Endpoint>,
+    declared: Vec<EndpointSpec>,
 }
 
 pub struct State {
@@ -136,11 +136,19 @@ pub struct State {
     tls: std::sync::OnceLock<(TlsStores, PathBuf)>,
     pub edge: Edge,
     pub metrics: Arc<Metrics>,
+    /// What run-time revisions share (metrics, the held-request budget, pokes).
+    pub shared: crate::revision::Shared,
 }
 
 impl State {
     /// A state with an empty config (generation 0, not ready).
     pub fn new(metrics: Arc<Metrics>) -> Arc<State> {
+        let edge = Edge::default();
+        let shared = crate::revision::Shared {
+            metrics: metrics.clone(),
+            held_memory: edge.held_memory.clone(),
+            pokes: Default::default(),
+        };
         Arc::new(State {
             current: ArcSwap::from_pointee(Snapshot {
                 generation: 0,
@@ -154,8 +162,9 @@ impl State {
             file: Mutex::new(Arc::new(Config::empty())),
             update_lock: Mutex::new(()),
             tls: std::sync::OnceLock::new(),
-            edge: Edge::default(),
+            edge,
             metrics,
+            shared,
         })
     }
 
@@ -319,8 +328,7 @@ impl State {
             &k.namespace,
             &k.name,
             revision_settings(&Config::empty(), None),
-            self.metrics.clone(),
-            self.edge.held_memory.clone(),
+            &self.shared,
         )
     }
 
@@ -468,7 +476,7 @@ pub fn revision_settings(
 
 /// A revision's endpoints resolved: (addresses, whether some name gave none, the declared
 /// endpoints), or per bad endpoint its index and why.
-type ResolvedEndpoints = (Vec<SocketAddr>, bool, Vec<Endpoint>);
+type ResolvedEndpoints = (Vec<SocketAddr>, bool, Vec<EndpointSpec>);
 
 fn resolve_revision(
     r: &weir_config::model::Revision,
@@ -487,7 +495,7 @@ fn resolve_revision(
             }
         };
         match (&ep, dns) {
-            (Endpoint::Name(..), Dns::Skip) => unresolved = true,
+            (EndpointSpec::Name(..), Dns::Skip) => unresolved = true,
             _ => match resolve(&ep) {
                 Ok(a) => addrs.push(a),
                 Err(why) if dns == Dns::BestEffort => {
@@ -550,7 +558,11 @@ pub async fn refresh_dns(state: Arc<State>) {
         let named: Vec<Arc<Revision>> = snap
             .revisions
             .values()
-            .filter(|r| r.declared().iter().any(|e| matches!(e, Endpoint::Name(..))))
+            .filter(|r| {
+                r.declared()
+                    .iter()
+                    .any(|e| matches!(e, EndpointSpec::Name(..)))
+            })
             .cloned()
             .collect();
         drop(snap);
@@ -590,10 +602,10 @@ pub async fn refresh_dns(state: Arc<State>) {
     }
 }
 
-fn resolve(ep: &Endpoint) -> Result<SocketAddr, String> {
+fn resolve(ep: &EndpointSpec) -> Result<SocketAddr, String> {
     match ep {
-        Endpoint::Addr(a) => Ok(*a),
-        Endpoint::Name(host, port) => (host.as_str(), *port)
+        EndpointSpec::Addr(a) => Ok(*a),
+        EndpointSpec::Name(host, port) => (host.as_str(), *port)
             .to_socket_addrs()
             .map_err(|e| format!("cannot resolve {host}: {e}"))?
             .next()

@@ -88,10 +88,10 @@ fn xds_settings(base: &Config, x: &XdsConfig) -> Config {
         cfg.forwarded = l.forwarded.clone();
         // The connection manager's timeouts, where it sets them (Kourier sets neither).
         if let Some(t) = l.request_headers_timeout {
-            cfg.limits.header_read_timeout = weir_config::model::Duration::from_std(t);
+            cfg.limits.header_read_timeout = weir_config::model::TextDuration::from_std(t);
         }
         if let Some(t) = l.idle_timeout {
-            cfg.limits.idle_timeout = weir_config::model::Duration::from_std(t);
+            cfg.limits.idle_timeout = weir_config::model::TextDuration::from_std(t);
         }
     }
     cfg

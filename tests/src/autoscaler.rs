@@ -77,7 +77,7 @@ impl Frame {
     }
 }
 
-/// Whether a stat is a scale-from-zero poke (KNATIVE.md: concurrency 1, one request).
+/// Whether a stat is a scale-from-zero poke (docs/metrics.md#the-poke: concurrency 1, one request).
 /// A periodic report of a revision with held requests has neither exactly.
 pub fn is_poke(s: &Stat) -> bool {
     s.average_concurrent_requests == 1.0 && s.request_count == 1.0

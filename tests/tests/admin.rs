@@ -1,4 +1,4 @@
-//! The admin listener: health, readiness, the config view and metrics (CONTRACT.md §4, §5).
+//! The admin listener: health, readiness, the config view and metrics (docs/api.md#admin-api, docs/metrics.md#metrics).
 
 use std::time::{Duration, Instant};
 

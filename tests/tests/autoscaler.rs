@@ -1,4 +1,4 @@
-//! Concurrency reports to the autoscaler (CONTRACT.md §6; KNATIVE.md, "Stat protocol"), the
+//! Concurrency reports to the autoscaler (docs/metrics.md#autoscaler-reports, docs/metrics.md#stat-messages), the
 //! metrics of §5 and `GET /v1/stats` (§4).
 //!
 //! A test autoscaler (`weir_tests::autoscaler::StatServer`) is a WebSocket server on
@@ -585,7 +585,7 @@ async fn reports_are_dropped_while_the_autoscaler_is_down() {
 }
 
 /// `/metrics` after some traffic parses with a real Prometheus text parser and holds the
-/// series of CONTRACT.md §5 with their labels and types.
+/// series of docs/metrics.md#metrics with their labels and types.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_hold_the_contract_series() {
     let busy = Backend::start(&rev(BUSY));

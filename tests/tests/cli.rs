@@ -1,4 +1,4 @@
-//! `weir check` and the exit codes of the binary (CONTRACT.md §1).
+//! `weir check` and the exit codes of the binary (docs/api.md#exit-codes).
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};

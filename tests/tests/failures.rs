@@ -1,5 +1,5 @@
 //! Backend failures: no retry of an answered request, no ingress timeout, connect retry on
-//! another endpoint, 502 when every endpoint refuses (CONTRACT.md §3).
+//! another endpoint, 502 when every endpoint refuses (docs/behaviour.md#failures-and-status-codes).
 
 use std::time::{Duration, Instant};
 

@@ -1,4 +1,4 @@
-//! What the upstream request carries (CONTRACT.md §3, "Upstream request headers").
+//! What the upstream request carries (docs/behaviour.md#upstream-request-headers).
 
 use serde_json::json;
 use weir_tests::{get, raw_request, start_weir, Backend, Weir};

@@ -1,4 +1,4 @@
-//! Scale from zero: the per-revision hold queue (CONTRACT.md §3, "Holding"; KNATIVE.md,
+//! Scale from zero: the per-revision hold queue (docs/behaviour.md#holding-scale-from-zero; docs/knative.md#the-activators-role,
 //! "Activator behaviour").
 //!
 //! No test waits a fixed time for the proxy: every step waits on observable state (`held`
@@ -444,7 +444,7 @@ async fn one_poke_per_interval_not_per_request() {
 }
 
 /// An endpoint removed and added back while a request is still in flight on it keeps that
-/// request counted: `container_concurrency` holds across endpoint updates (CONTRACT.md §3:
+/// request counted: `container_concurrency` holds across endpoint updates (docs/behaviour.md#endpoint-picking:
 /// "No endpoint ever has more in flight than `container_concurrency`").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn container_concurrency_holds_across_an_endpoint_flap() {
@@ -485,7 +485,7 @@ async fn container_concurrency_holds_across_an_endpoint_flap() {
 }
 
 /// A held request with a body whose client goes away leaves the queue at once too
-/// (CONTRACT.md §3: "A client that goes away leaves the queue at once").
+/// (docs/behaviour.md#holding-scale-from-zero: a client that goes away leaves the queue).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_with_a_body_that_goes_away_leaves_the_queue() {
     let weir = start_weir!(config(json!({

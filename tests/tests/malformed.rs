@@ -1,5 +1,5 @@
 //! Malformed and smuggling-shaped requests get a 4xx and never reach a backend
-//! (CONTRACT.md §3).
+//! (docs/behaviour.md#malformed-requests).
 
 use serde_json::json;
 use weir_tests::{raw_request, start_weir, Backend};

@@ -1,4 +1,4 @@
-//! Protocols that pass through (CONTRACT.md §3; KNATIVE.md conformance: basics/http2, grpc,
+//! Protocols that pass through (docs/behaviour.md#protocols; docs/knative.md#ingress-conformance-suite: basics/http2, grpc,
 //! grpc/split, websocket, websocket/split): HTTP/2 to `protocol: h2c` revisions from h2c,
 //! h2-over-TLS and HTTP/1.1 clients; gRPC unary and server-streaming calls (status and
 //! trailers intact) through a split; WebSocket echo, through a split and from zero.

@@ -1,4 +1,4 @@
-//! Host routing (services, tags, cluster-local) and ingress path rules (CONTRACT.md §2, §3).
+//! Host routing (services, tags, cluster-local) and ingress path rules (docs/config.md#hosts, docs/behaviour.md#host-matching).
 
 use serde_json::json;
 use weir_tests::{get, start_weir, Backend};

@@ -1,4 +1,4 @@
-//! SIGTERM drains in-flight requests, then exits 0; SIGINT exits at once (CONTRACT.md §1).
+//! SIGTERM drains in-flight requests, then exits 0; SIGINT exits at once (docs/api.md#signals, docs/behaviour.md#draining-and-signals).
 
 use std::net::TcpStream;
 use std::time::{Duration, Instant};

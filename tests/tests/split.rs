@@ -1,5 +1,5 @@
 //! Weighted splits: over 10,000 requests every target's share is within 1 percentage point
-//! of its percent (CONTRACT.md §3).
+//! of its percent (docs/behaviour.md#splits).
 
 use std::collections::BTreeMap;
 

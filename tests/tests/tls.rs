@@ -1,4 +1,4 @@
-//! The https listener (CONTRACT.md §1-3; KNATIVE.md conformance: tls, httpoption redirect):
+//! The https listener (docs/behaviour.md#listeners; docs/knative.md#ingress-conformance-suite: tls, httpoption redirect):
 //! certificates chosen by SNI (exact, then `*.` wildcard; an unknown or missing name fails
 //! the handshake), ALPN h2 and http/1.1, certificates reloaded on every config apply (open
 //! connections keep theirs), bad certificates refused with their path, and the 301 of

@@ -1,4 +1,4 @@
-//! xDS end to end (CONTRACT.md section 7): `weir control` serving real `weir proxy --xds`
+//! xDS end to end (docs/api.md#xds, control/README.md): `weir control` serving real `weir proxy --xds`
 //! processes over delta (the default) and over state of the world (`--no-delta`, the
 //! proxy's fallback), a test ADS server without delta that sends a bad resource, a control
 //! plane crash, and a 10,000-service config. Every wait is bounded.

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use weir_config::model::{Affinity, Duration, PathRule, Split, Visibility};
+use weir_config::model::{Affinity, PathRule, SplitTarget, TextDuration, Visibility};
 use xds_api::pb::envoy::config::core::v3::HeaderValueOption;
 use xds_api::pb::envoy::config::route::v3::{
     header_matcher, redirect_action, route, route_action, route_match, weighted_cluster,
@@ -621,7 +621,9 @@ fn route_affinity(r: &Route, at: &str) -> Result<Option<Affinity>, FieldError> {
             match (f.as_str(), &fv.kind) {
                 ("header", Some(value::Kind::StringValue(s))) => aff.header = Some(s.clone()),
                 ("cookie", Some(value::Kind::StringValue(s))) => aff.cookie = Some(s.clone()),
-                ("ttl", Some(value::Kind::StringValue(s))) => aff.ttl = Some(Duration::parse(s)),
+                ("ttl", Some(value::Kind::StringValue(s))) => {
+                    aff.ttl = Some(TextDuration::parse(s))
+                }
                 ("instance_affinity", Some(value::Kind::BoolValue(b))) => {
                     aff.instance_affinity = *b
                 }
@@ -645,14 +647,14 @@ fn split(
     percent: u32,
     append_headers: BTreeMap<String, String>,
     field: &str,
-) -> Result<Split, FieldError> {
+) -> Result<SplitTarget, FieldError> {
     let (ns, name) = split_cluster_name(cluster).ok_or_else(|| {
         ferr(
             field,
             format!("cluster {cluster:?} is not named namespace/revision"),
         )
     })?;
-    Ok(Split {
+    Ok(SplitTarget {
         revision: name.into(),
         namespace: Some(ns.into()),
         percent,

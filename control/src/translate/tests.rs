@@ -210,7 +210,7 @@ fn assert_same_routing(a: &Config, b: &Config) {
     assert!(n > 100, "only {n} probes");
     // Revisions are served alike: concurrency, hold timeout, protocol, endpoints.
     let served = |cfg: &Config, r: &weir_config::model::Revision| {
-        let eps: Vec<weir_config::Endpoint> = r
+        let eps: Vec<weir_config::EndpointSpec> = r
             .endpoints
             .iter()
             .map(|e| weir_config::parse_endpoint(e).unwrap())

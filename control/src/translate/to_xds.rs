@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use weir_config::hosts::{self, HostTarget};
 use weir_config::model::{Affinity, HttpOption, Ingress, PathRule, Protocol, Service, Visibility};
-use weir_config::{parse_endpoint, Config, Endpoint, Key, Kind};
+use weir_config::{parse_endpoint, Config, EndpointSpec, Key, Kind};
 use xds_api::pb::envoy::config::cluster::v3::{cluster, Cluster};
 use xds_api::pb::envoy::config::core::v3::{
     address, config_source, header_value_option::HeaderAppendAction, socket_address,
@@ -430,8 +430,8 @@ pub fn load_assignment(cluster: &str, endpoints: &[String]) -> ClusterLoadAssign
         .iter()
         .filter_map(|e| {
             let (address, port) = match parse_endpoint(e).ok()? {
-                Endpoint::Addr(a) => (a.ip().to_string(), a.port()),
-                Endpoint::Name(h, p) => (h, p),
+                EndpointSpec::Addr(a) => (a.ip().to_string(), a.port()),
+                EndpointSpec::Name(h, p) => (h, p),
             };
             Some(LbEndpoint {
                 host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(

@@ -31,20 +31,20 @@ struct Last {
 /// The ADS client state machine of one proxy; it outlives streams (a re-dialled stream
 /// starts from the versions it has).
 #[derive(Debug)]
-pub struct AdsClient {
+pub struct SotwClient {
     store: Store,
     /// version_info of the last ACKed response, by `Kind as usize`.
     versions: [String; 4],
     last: Option<Last>,
 }
 
-impl AdsClient {
-    pub fn new(node_id: impl Into<String>) -> AdsClient {
-        AdsClient::from_store(Store::new(node_id.into()))
+impl SotwClient {
+    pub fn new(node_id: impl Into<String>) -> SotwClient {
+        SotwClient::from_store(Store::new(node_id.into()))
     }
 
-    fn from_store(store: Store) -> AdsClient {
-        AdsClient {
+    fn from_store(store: Store) -> SotwClient {
+        SotwClient {
             store,
             versions: Default::default(),
             last: None,
@@ -148,9 +148,9 @@ impl AdsClient {
 
 /// A state-of-the-world client with what a delta client held: versions restart empty, so a
 /// server sends everything again (and the whole cluster set replaces the held one).
-impl From<super::DeltaClient> for AdsClient {
-    fn from(delta: super::DeltaClient) -> AdsClient {
-        AdsClient::from_store(delta.into_store())
+impl From<super::DeltaClient> for SotwClient {
+    fn from(delta: super::DeltaClient) -> SotwClient {
+        SotwClient::from_store(delta.into_store())
     }
 }
 

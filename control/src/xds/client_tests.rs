@@ -73,9 +73,9 @@ pub(crate) const WEIGHTS_90: &str = "RouteConfiguration \"external_services\": v
     (\"default/hello\").routes[0].route.weighted_clusters: weights add up to 90; they must add up to 100";
 
 /// A client synced on `config()` at version "1".
-fn synced() -> (AdsClient, Resources) {
+fn synced() -> (SotwClient, Resources) {
     let res = to_resources(&config());
-    let mut c = AdsClient::new("node-1");
+    let mut c = SotwClient::new("node-1");
     let out = c.on_response(response(Kind::Cluster, "1", "n1", &res.clusters));
     assert_eq!(ack(&out).version_info, "1");
     assert_eq!(out.update, None);
@@ -105,7 +105,7 @@ fn synced() -> (AdsClient, Resources) {
 
 #[test]
 fn initial_requests_subscribe_to_everything() {
-    let reqs = AdsClient::new("n").initial_requests();
+    let reqs = SotwClient::new("n").initial_requests();
     let urls: Vec<_> = reqs.iter().map(|r| r.type_url.as_str()).collect();
     assert_eq!(urls, Kind::ALL.map(Kind::type_url));
     for r in &reqs {
@@ -244,7 +244,7 @@ fn config_errors_are_nacked_with_their_path() {
 
 #[test]
 fn other_types_and_garbage_are_nacked() {
-    let mut c = AdsClient::new("n");
+    let mut c = SotwClient::new("n");
     let out = c.on_response(DiscoveryResponse {
         version_info: "1".into(),
         type_url: "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret".into(),

@@ -194,8 +194,8 @@ impl DeltaClient {
 
 /// A delta client with what a state-of-the-world client held: it has no per-resource
 /// versions, so its first requests list every held name with an empty version.
-impl From<super::AdsClient> for DeltaClient {
-    fn from(sotw: super::AdsClient) -> DeltaClient {
+impl From<super::SotwClient> for DeltaClient {
+    fn from(sotw: super::SotwClient) -> DeltaClient {
         DeltaClient::from_store(sotw.into_store())
     }
 }

@@ -11,7 +11,7 @@ use xds_api::pb::google::protobuf::Any;
 use super::*;
 use crate::translate::{load_assignment, to_resources, Resources};
 use crate::xds::client::tests::{break_weights, config, WEIGHTS_90};
-use crate::xds::{AdsClient, Update};
+use crate::xds::{SotwClient, Update};
 
 /// The resources of `kind` in `res` as delta resources, all at `version`.
 fn items(kind: Kind, res: &Resources, version: &str) -> Vec<Resource> {
@@ -323,7 +323,7 @@ fn a_redial_sends_the_versions_held() {
 
     // Switching protocols keeps what is held; the state-of-the-world client keeps no
     // per-resource versions, so back on delta every name goes with an empty version.
-    let back = DeltaClient::from(AdsClient::from(c));
+    let back = DeltaClient::from(SotwClient::from(c));
     assert!(back.synced());
     let reqs = back.initial_requests();
     assert_eq!(reqs[0].initial_resource_versions.len(), 2);

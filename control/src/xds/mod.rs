@@ -1,5 +1,5 @@
 //! xDS over ADS (envoy.service.discovery.v3, state of the world and delta): the resource
-//! kinds Weir speaks, the sans-io clients ([`client::AdsClient`] for state of the world,
+//! kinds Weir speaks, the sans-io clients ([`client::SotwClient`] for state of the world,
 //! [`delta_client::DeltaClient`] for delta, both over the shared `state`), their I/O
 //! [`task`], and the [`server`] of `weir control`.
 
@@ -9,7 +9,7 @@ pub mod server;
 mod state;
 pub mod task;
 
-pub use client::{AdsClient, Output, Update};
+pub use client::{Output, SotwClient, Update};
 pub use delta_client::{DeltaClient, DeltaOutput};
 pub use state::XdsConfig;
 pub use task::{run_client, ClientOptions, XdsSink};

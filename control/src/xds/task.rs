@@ -3,7 +3,7 @@
 //!
 //! Each connection first opens a delta stream ([`DeltaClient`]); a server that answers
 //! UNIMPLEMENTED (when the stream opens or as its first message) gets a state-of-the-world
-//! stream ([`AdsClient`]) on the same connection instead ([`ClientOptions::sotw_only`]:
+//! stream ([`SotwClient`]) on the same connection instead ([`ClientOptions::sotw_only`]:
 //! state of the world only). Both clients hold the same state,
 //! so switching keeps the config and what was received. Each re-dial tries delta again.
 //!
@@ -23,7 +23,7 @@ use xds_api::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 
-use super::client::{AdsClient, Update};
+use super::client::{SotwClient, Update};
 use super::delta_client::DeltaClient;
 use super::state::{Output, XdsConfig};
 use super::Kind;
@@ -74,7 +74,7 @@ pub async fn run_client(opts: ClientOptions, sink: Arc<dyn XdsSink>) {
         sotw_only,
     } = opts;
     let mut client = if sotw_only {
-        Client::Sotw(AdsClient::new(node_id))
+        Client::Sotw(SotwClient::new(node_id))
     } else {
         Client::Delta(DeltaClient::new(node_id))
     };
@@ -112,7 +112,7 @@ pub async fn run_client(opts: ClientOptions, sink: Arc<dyn XdsSink>) {
 /// The client of the protocol last spoken; it changes hands when a stream falls back.
 enum Client {
     Delta(DeltaClient),
-    Sotw(AdsClient),
+    Sotw(SotwClient),
 }
 
 struct StreamError {
@@ -146,7 +146,7 @@ async fn session(
     if sotw_only {
         let mut sotw = match client {
             Client::Sotw(s) => s,
-            Client::Delta(d) => AdsClient::from(d),
+            Client::Delta(d) => SotwClient::from(d),
         };
         let ended = stream_sotw(url, channel, &mut sotw, sink).await;
         return (Client::Sotw(sotw), ended);
@@ -169,7 +169,7 @@ async fn session(
     } else {
         log::debug!("xDS: {url} does not serve delta xDS ({why}); state of the world");
     }
-    let mut sotw = AdsClient::from(delta);
+    let mut sotw = SotwClient::from(delta);
     let ended = stream_sotw(url, channel, &mut sotw, sink).await;
     (Client::Sotw(sotw), ended)
 }
@@ -239,7 +239,7 @@ async fn stream_delta(
 async fn stream_sotw(
     url: &str,
     channel: Channel,
-    client: &mut AdsClient,
+    client: &mut SotwClient,
     sink: &Arc<dyn XdsSink>,
 ) -> Ended {
     let (tx, rx) = mpsc::channel::<DiscoveryRequest>(64);
@@ -270,14 +270,14 @@ trait Protocol: Send {
     fn describe(resp: &Self::Response) -> String;
 }
 
-impl Protocol for AdsClient {
+impl Protocol for SotwClient {
     type Request = DiscoveryRequest;
     type Response = DiscoveryResponse;
     fn on_response(&mut self, resp: DiscoveryResponse) -> Output<DiscoveryRequest> {
-        AdsClient::on_response(self, resp)
+        SotwClient::on_response(self, resp)
     }
     fn refused(&mut self, why: &str) -> Option<DiscoveryRequest> {
-        AdsClient::refused(self, why)
+        SotwClient::refused(self, why)
     }
     fn nonce(req: &DiscoveryRequest) -> &str {
         &req.response_nonce

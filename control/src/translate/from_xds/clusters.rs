@@ -1,6 +1,6 @@
 //! Clusters and ClusterLoadAssignments -> revisions and their endpoints.
 
-use weir_config::model::{Duration, Protocol, Revision};
+use weir_config::model::{Protocol, Revision, TextDuration};
 use xds_api::pb::envoy::config::cluster::v3::{cluster, Cluster};
 use xds_api::pb::envoy::config::core::v3::{address, socket_address};
 use xds_api::pb::envoy::config::endpoint::v3::{lb_endpoint, ClusterLoadAssignment};
@@ -152,7 +152,7 @@ pub fn cluster_spec(c: &Cluster) -> Result<Option<ClusterSpec>, TranslateError> 
                     revision.container_concurrency = *n as u32;
                 }
                 ("timeout", Some(value::Kind::StringValue(s))) => {
-                    let d = Duration::parse(s);
+                    let d = TextDuration::parse(s);
                     if d.get().is_none() {
                         return Err(err(&field, format!("{s:?} is not a duration; write a number with a unit: 300ms, 5s, 10m")));
                     }

@@ -7,7 +7,7 @@ use xds_api::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
 };
 
-use super::snapshot::{Item, Snapshot, TypeSet};
+use super::snapshot::{Item, TypeSet, XdsSnapshot};
 use super::{identify, AdsStream, DeltaStream, Gone};
 use crate::xds::Kind;
 
@@ -36,7 +36,7 @@ impl AdsStream for DeltaStream {
     async fn on_request(
         &mut self,
         req: DeltaDiscoveryRequest,
-        snap: &Snapshot,
+        snap: &XdsSnapshot,
     ) -> Result<(), Gone> {
         let Some(kind) = identify(
             self.id,
@@ -125,7 +125,7 @@ impl AdsStream for DeltaStream {
         self.push(kind, snap, &subscribe, false).await
     }
 
-    async fn push_all(&mut self, snap: &Snapshot) -> Result<(), Gone> {
+    async fn push_all(&mut self, snap: &XdsSnapshot) -> Result<(), Gone> {
         // Built from the snapshot last pushed: only its diff can differ from what the
         // client has (what `known` says is checked all the same).
         let incremental = self.pushed != 0 && snap.base == self.pushed;
@@ -156,7 +156,7 @@ fn resource(name: &str, item: &Item) -> Resource {
 
 impl DeltaStream {
     /// [`Self::push`] over the names of `snap`'s diff only.
-    async fn push_diff(&mut self, kind: Kind, snap: &Snapshot) -> Result<(), Gone> {
+    async fn push_diff(&mut self, kind: Kind, snap: &XdsSnapshot) -> Result<(), Gone> {
         let set = &snap.types[kind as usize];
         let diff = &snap.diffs[kind as usize];
         let Some(sub) = &mut self.subs[kind as usize] else {
@@ -188,7 +188,7 @@ impl DeltaStream {
     async fn push(
         &mut self,
         kind: Kind,
-        snap: &Snapshot,
+        snap: &XdsSnapshot,
         fresh: &[String],
         always: bool,
     ) -> Result<(), Gone> {

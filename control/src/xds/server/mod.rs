@@ -50,7 +50,7 @@ use xds_api::pb::envoy::service::discovery::v3::{
 use super::Kind;
 use crate::store::ConfigStore;
 use delta::DeltaSub;
-use snapshot::Snapshot;
+use snapshot::XdsSnapshot;
 use sotw::Sub;
 
 mod delta;
@@ -113,7 +113,7 @@ pub async fn serve_with(
 }
 
 struct AdsServer {
-    snapshots: watch::Receiver<Arc<Snapshot>>,
+    snapshots: watch::Receiver<Arc<XdsSnapshot>>,
     next_stream: AtomicU64,
     delta: bool,
 }
@@ -193,11 +193,11 @@ trait AdsStream: Send + 'static {
     fn on_request(
         &mut self,
         req: Self::Request,
-        snap: &Snapshot,
+        snap: &XdsSnapshot,
     ) -> impl std::future::Future<Output = Result<(), Gone>> + Send;
     fn push_all(
         &mut self,
-        snap: &Snapshot,
+        snap: &XdsSnapshot,
     ) -> impl std::future::Future<Output = Result<(), Gone>> + Send;
 }
 
@@ -205,7 +205,7 @@ trait AdsStream: Send + 'static {
 async fn run<S, R>(
     mut stream: Conn<S, R>,
     mut inbound: Streaming<<Conn<S, R> as AdsStream>::Request>,
-    mut snapshots: watch::Receiver<Arc<Snapshot>>,
+    mut snapshots: watch::Receiver<Arc<XdsSnapshot>>,
 ) where
     Conn<S, R>: AdsStream,
 {

@@ -53,7 +53,7 @@ pub(super) struct Diff {
 
 /// Everything the streams serve, indexed by `Kind as usize`.
 #[derive(Debug, Clone, Default)]
-pub(super) struct Snapshot {
+pub(super) struct XdsSnapshot {
     pub(super) types: [TypeSet; 4],
     /// Unique per snapshot (0: the empty one before the first).
     pub(super) id: u64,
@@ -131,7 +131,7 @@ struct Builder {
 }
 
 impl Builder {
-    fn from(prev: &Snapshot) -> Builder {
+    fn from(prev: &XdsSnapshot) -> Builder {
         Builder {
             types: [0, 1, 2, 3].map(|i| prev.types[i].items.clone()),
             diffs: Default::default(),
@@ -200,11 +200,11 @@ impl Builder {
         }
     }
 
-    fn finish(self, generation: u64, prev: &Snapshot) -> Snapshot {
-        let mut next = Snapshot {
+    fn finish(self, generation: u64, prev: &XdsSnapshot) -> XdsSnapshot {
+        let mut next = XdsSnapshot {
             id: next_snapshot_id(),
             base: prev.id,
-            ..Snapshot::default()
+            ..XdsSnapshot::default()
         };
         for (i, (items, diff)) in self.types.into_iter().zip(self.diffs).enumerate() {
             let changed = !diff.changed.is_empty() || !diff.removed.is_empty();
@@ -223,7 +223,7 @@ impl Builder {
 }
 
 /// Every resource of `gen`, keeping `prev`'s items (and versions) where they are equal.
-pub(super) fn full(gen: &Generation, prev: &Snapshot) -> Snapshot {
+pub(super) fn full(gen: &Generation, prev: &XdsSnapshot) -> XdsSnapshot {
     let settings = &gen.config.settings;
     let objects = &gen.config.objects;
     let mut b = Builder::from(prev);
@@ -253,7 +253,7 @@ pub(super) fn full(gen: &Generation, prev: &Snapshot) -> Snapshot {
 }
 
 /// `prev` with the resources of the objects `changes` name translated again from `gen`.
-pub(super) fn changed(gen: &Generation, prev: &Snapshot, changes: &[Change]) -> Snapshot {
+pub(super) fn changed(gen: &Generation, prev: &XdsSnapshot, changes: &[Change]) -> XdsSnapshot {
     let mut b = Builder::from(prev);
     for c in changes {
         b.object(&gen.config.settings, c.kind(), c.key(), gen);
@@ -262,8 +262,8 @@ pub(super) fn changed(gen: &Generation, prev: &Snapshot, changes: &[Change]) -> 
 }
 
 /// The first snapshot, built before any stream is served.
-pub(super) fn first(store: &ConfigStore) -> Snapshot {
-    full(&store.current(), &Snapshot::default())
+pub(super) fn first(store: &ConfigStore) -> XdsSnapshot {
+    full(&store.current(), &XdsSnapshot::default())
 }
 
 /// Turns the store's generations into snapshots: what each changed, translated off the
@@ -271,7 +271,7 @@ pub(super) fn first(store: &ConfigStore) -> Snapshot {
 pub(super) async fn hub(
     store: Arc<ConfigStore>,
     mut feed: broadcast::Receiver<Published>,
-    tx: watch::Sender<Arc<Snapshot>>,
+    tx: watch::Sender<Arc<XdsSnapshot>>,
 ) {
     loop {
         // `None`: changes were missed; translate everything.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use xds_api::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use xds_api::pb::google::protobuf::Any;
 
-use super::snapshot::{same, Item, Snapshot};
+use super::snapshot::{same, Item, XdsSnapshot};
 use super::{identify, AdsStream, Gone, Stream};
 use crate::xds::Kind;
 
@@ -26,16 +26,16 @@ pub(super) struct Sub {
 
 impl AdsStream for Stream {
     type Request = DiscoveryRequest;
-    async fn on_request(&mut self, req: DiscoveryRequest, snap: &Snapshot) -> Result<(), Gone> {
+    async fn on_request(&mut self, req: DiscoveryRequest, snap: &XdsSnapshot) -> Result<(), Gone> {
         Stream::on_request(self, req, snap).await
     }
-    async fn push_all(&mut self, snap: &Snapshot) -> Result<(), Gone> {
+    async fn push_all(&mut self, snap: &XdsSnapshot) -> Result<(), Gone> {
         Stream::push_all(self, snap).await
     }
 }
 
 impl Stream {
-    async fn on_request(&mut self, req: DiscoveryRequest, snap: &Snapshot) -> Result<(), Gone> {
+    async fn on_request(&mut self, req: DiscoveryRequest, snap: &XdsSnapshot) -> Result<(), Gone> {
         let Some(kind) = identify(
             self.id,
             &mut self.node,
@@ -88,7 +88,7 @@ impl Stream {
         Ok(())
     }
 
-    async fn push_all(&mut self, snap: &Snapshot) -> Result<(), Gone> {
+    async fn push_all(&mut self, snap: &XdsSnapshot) -> Result<(), Gone> {
         for kind in Kind::ALL {
             if self.subs[kind as usize].is_some() {
                 self.push(kind, snap, false).await?;
@@ -98,7 +98,7 @@ impl Stream {
     }
 
     /// Sends `kind` if it changed since the last response (or always, when `forced`).
-    async fn push(&mut self, kind: Kind, snap: &Snapshot, forced: bool) -> Result<(), Gone> {
+    async fn push(&mut self, kind: Kind, snap: &XdsSnapshot, forced: bool) -> Result<(), Gone> {
         let set = &snap.types[kind as usize];
         let Some(sub) = &mut self.subs[kind as usize] else {
             return Ok(());

@@ -18,7 +18,7 @@ use xds_api::pb::envoy::service::discovery::v3::{
 
 use super::snapshot::content_version;
 use super::*;
-use crate::xds::{run_client, AdsClient, DeltaClient, Kind, XdsSink};
+use crate::xds::{run_client, DeltaClient, Kind, SotwClient, XdsSink};
 
 /// The store of `weir control`, changed the way its admin API changes it.
 struct FakeSource(Arc<ConfigStore>);
@@ -199,7 +199,7 @@ async fn the_server_pushes_clusters_first_and_only_changed_endpoints() {
         .await
         .unwrap();
     let (tx, rx) = mpsc::channel::<DiscoveryRequest>(16);
-    for r in AdsClient::new("raw").initial_requests() {
+    for r in SotwClient::new("raw").initial_requests() {
         tx.send(r).await.unwrap();
     }
     let mut inbound = AggregatedDiscoveryServiceClient::new(channel)
