@@ -1,7 +1,7 @@
 //! The file/API form of Weir's config: serde types; the format is documented in docs/config.md.
 //!
 //! These types accept anything shaped roughly right and keep what they cannot judge yet
-//! (unknown fields, durations as written) so that [`crate::validate`] can report every
+//! (unknown fields, durations as written) so that [`crate::validate()`] can report every
 //! problem at once with its path, instead of serde stopping at the first one.
 
 use std::collections::BTreeMap;

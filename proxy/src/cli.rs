@@ -101,8 +101,8 @@ struct ProxyArgs {
     /// --upgrade-sock and listeners: start this, then send the old one SIGQUIT.
     #[arg(long)]
     upgrade: bool,
-    /// Where a binary upgrade hands the listening sockets over [default: a private
-    /// directory under the temp dir, weir-<uid>/upgrade.sock].
+    /// Where a binary upgrade hands the listening sockets over (default: a private
+    /// directory under the temp dir, weir-UID/upgrade.sock).
     #[arg(long, value_name = "PATH")]
     upgrade_sock: Option<PathBuf>,
 }

@@ -228,6 +228,8 @@ impl std::fmt::Debug for Revision {
 /// A taken slot on one endpoint. Dropping it frees the slot and lets a held request go.
 pub struct Slot {
     endpoint: Arc<Endpoint>,
+    /// The revision's protocol in the endpoint set the slot came from.
+    pub protocol: Protocol,
     revision: Arc<Revision>,
     /// When disarmed, dropping frees the count but does not dispatch to waiters: used inside
     /// the queue lock, where dispatching again would deadlock.
@@ -369,8 +371,9 @@ impl Revision {
         if self.waiting.load(Ordering::SeqCst) > 0 {
             return None;
         }
-        self.take(avoid).map(|endpoint| Slot {
+        self.take(avoid).map(|(endpoint, protocol)| Slot {
             endpoint,
+            protocol,
             revision: self.clone(),
             armed: true,
         })
@@ -390,6 +393,7 @@ impl Revision {
         self.in_flight_gauge().inc();
         Some(Slot {
             endpoint: endpoint.clone(),
+            protocol: set.settings.protocol,
             revision: self.clone(),
             armed: true,
         })
@@ -507,7 +511,7 @@ impl Revision {
                 self.waiting.fetch_sub(1, Ordering::SeqCst);
                 continue;
             }
-            let Some(endpoint) = self.take(&[]) else {
+            let Some((endpoint, protocol)) = self.take(&[]) else {
                 break;
             };
             let w = q.pop_front().expect("front exists");
@@ -515,6 +519,7 @@ impl Revision {
             // Disarmed: if the waiter vanished, dropping only frees the count (no re-entry).
             let _ = w.tx.send(Slot {
                 endpoint,
+                protocol,
                 revision: self.clone(),
                 armed: false,
             });
@@ -522,7 +527,7 @@ impl Revision {
     }
 
     /// Picks an endpoint with a free slot and takes it.
-    fn take(&self, avoid: &[SocketAddr]) -> Option<Arc<Endpoint>> {
+    fn take(&self, avoid: &[SocketAddr]) -> Option<(Arc<Endpoint>, Protocol)> {
         let set = self.set.load();
         let eps = &set.endpoints;
         if eps.is_empty() {
@@ -540,11 +545,9 @@ impl Revision {
                 .round_robin(eps, cc, &usable)
                 .or_else(|| self.round_robin(eps, cc, &|_| true)),
         };
-        let taken = pick.cloned();
-        if taken.is_some() {
-            self.in_flight_gauge().inc();
-        }
-        taken
+        let taken = pick.cloned()?;
+        self.in_flight_gauge().inc();
+        Some((taken, set.settings.protocol))
     }
 
     /// Power of two choices by in-flight count (container concurrency 0: no limit).

@@ -83,16 +83,44 @@ pub struct WeirProxy {
     pub reporting: bool,
 }
 
-/// Why a request ended without an upstream answer.
+/// Why a request ended without an upstream answer. [`Failure::status`] and
+/// [`Failure::body`] are the one place a failure becomes an answer
+/// (docs/behaviour.md#failures-and-status-codes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Failure {
+    /// No endpoint could be connected to, or the revision has none it can resolve: 502.
     Connect,
+    /// `hold.queue_depth` requests already wait for the revision: 503.
     QueueFull,
+    /// Held for the revision's timeout without an endpoint: 504.
     HoldTimeout,
+    /// The client went away while held: nothing is written (logged as 499).
     ClientGone,
     /// Would wait while the process is overloaded: 503 with `Retry-After` (the reason is
     /// the `weir_overload_rejections_total` label).
     Overloaded(&'static str),
+}
+
+impl Failure {
+    fn status(self) -> u16 {
+        match self {
+            Failure::Connect => 502,
+            Failure::QueueFull | Failure::Overloaded(_) => 503,
+            Failure::HoldTimeout => 504,
+            Failure::ClientGone => 499,
+        }
+    }
+
+    fn body(self, rev: Option<&Revision>) -> String {
+        let (ns, name) = rev.map_or(("", ""), |r| (&*r.namespace, &*r.name));
+        match self {
+            Failure::Connect => format!("upstream connect error for revision {ns}/{name}\n"),
+            Failure::QueueFull => "pending request queue full\n".into(),
+            Failure::Overloaded(_) => "overloaded; retry later\n".into(),
+            Failure::HoldTimeout => format!("timed out waiting for revision {ns}/{name}\n"),
+            Failure::ClientGone => String::new(),
+        }
+    }
 }
 
 /// Per-request state.
@@ -381,7 +409,7 @@ impl ProxyHttp for WeirProxy {
             Ok(s) => s,
             Err(f) => {
                 ctx.failure = Some(f);
-                let mut e = Error::new(ErrorType::HTTPStatus(failure_code(f)));
+                let mut e = Error::new(ErrorType::HTTPStatus(f.status()));
                 e.set_retry(false);
                 return Err(e);
             }
@@ -397,17 +425,12 @@ impl ProxyHttp for WeirProxy {
             ctx.tried[ctx.attempts] = Some(addr);
         }
         ctx.attempts += 1;
-        let protocol = ctx
-            .revision
-            .as_ref()
-            .map(|r| r.endpoints().settings.protocol)
-            .unwrap_or_default();
-        ctx.slot = Some(slot);
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
-        if protocol == Protocol::H2c {
+        if slot.protocol == Protocol::H2c {
             peer.options.set_http_version(2, 2);
         }
+        ctx.slot = Some(slot);
         Ok(Box::new(peer))
     }
 
@@ -511,35 +534,21 @@ impl ProxyHttp for WeirProxy {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        let (code, body) = match (ctx.failure, &ctx.revision) {
-            (Some(Failure::ClientGone), _) => (0, String::new()),
-            (Some(Failure::Connect), Some(rev)) => (
-                502,
-                format!(
-                    "upstream connect error for revision {}/{}\n",
-                    rev.namespace, rev.name
-                ),
-            ),
-            (Some(Failure::QueueFull), _) => (503, "pending request queue full\n".into()),
-            (Some(Failure::Overloaded(reason)), _) => {
-                self.state
-                    .metrics
-                    .overload_rejections
-                    .with_label_values(&[reason])
-                    .inc();
-                crate::metrics::log_limited(
-                    &self.state.metrics.overload_logged,
-                    &format!("overloaded ({reason}): answering 503 with Retry-After to requests that would wait"),
-                );
-                (503, "overloaded; retry later\n".into())
-            }
-            (Some(Failure::HoldTimeout), Some(rev)) => (
-                504,
-                format!(
-                    "timed out waiting for revision {}/{}\n",
-                    rev.namespace, rev.name
-                ),
-            ),
+        if let Some(Failure::Overloaded(reason)) = ctx.failure {
+            self.state
+                .metrics
+                .overload_rejections
+                .with_label_values(&[reason])
+                .inc();
+            crate::metrics::log_limited(
+                &self.state.metrics.overload_logged,
+                &format!("overloaded ({reason}): answering 503 with Retry-After to requests that would wait"),
+            );
+        }
+        let (code, body) = match ctx.failure {
+            // Nobody to answer.
+            Some(Failure::ClientGone) => (0, String::new()),
+            Some(f) => (f.status(), f.body(ctx.revision.as_deref())),
             _ => match e.etype() {
                 ErrorType::HTTPStatus(c) => (*c, String::new()),
                 _ => match e.esource() {
@@ -596,16 +605,6 @@ impl ProxyHttp for WeirProxy {
             }
             None => self.state.metrics.request_counter("", "", code).inc(),
         }
-    }
-}
-
-fn failure_code(f: Failure) -> u16 {
-    match f {
-        Failure::Connect => 502,
-        Failure::QueueFull => 503,
-        Failure::HoldTimeout => 504,
-        Failure::ClientGone => 499,
-        Failure::Overloaded(_) => 503,
     }
 }
 

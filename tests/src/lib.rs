@@ -21,6 +21,7 @@ pub mod kourier;
 pub mod metrics;
 pub mod process;
 pub mod protocols;
+pub mod scripted_ads;
 pub mod tls;
 pub mod weir;
 

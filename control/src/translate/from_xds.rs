@@ -2,7 +2,7 @@
 //!
 //! Each resource is translated on its own ([`route_set`] here, [`cluster_spec`] and
 //! [`endpoints`] in `clusters`) so that the ADS client can judge (ACK or NACK) exactly the
-//! response that carried it; [`compose`] joins the accepted sets, and [`Composed::check`]
+//! response that carried it; [`compose()`] joins the accepted sets, and [`Composed::check`]
 //! validates the result with each error mapped back to the resource it came from.
 
 use std::collections::{BTreeMap, HashMap};

@@ -165,5 +165,4 @@ fn nack(type_url: &str, version: String, nonce: &str, message: String) -> Discov
 }
 
 #[cfg(test)]
-#[path = "client_tests.rs"]
 pub(super) mod tests;

@@ -1,5 +1,5 @@
 //! The delta (incremental) ADS client as a sans-io state machine: `DeltaDiscoveryResponse`s
-//! in, `DeltaDiscoveryRequest` ACKs/NACKs and the same [`Update`]s as the state-of-the-world
+//! in, `DeltaDiscoveryRequest` ACKs/NACKs and the same [`Update`](super::Update)s as the state-of-the-world
 //! client out. No sockets, no clock: [`super::task`] does the I/O, tests feed responses.
 //!
 //! It owns the delta bookkeeping only; what is accepted, held back and handed out is the
@@ -218,5 +218,4 @@ fn nack(type_url: &str, nonce: &str, message: String) -> DeltaDiscoveryRequest {
 }
 
 #[cfg(test)]
-#[path = "delta_client_tests.rs"]
 mod tests;

@@ -617,7 +617,7 @@ impl Composed {
     }
 }
 
-/// `ingresses[ns/name].rules[0]` -> (ns/name, ".rules[0]").
+/// `"ingresses[ns/name].rules[0]"` -> `(ns/name, ".rules[0]")`.
 fn keyed<'a>(path: &'a str, prefix: &str) -> Option<(Key, &'a str)> {
     let rest = path.strip_prefix(prefix)?;
     let (key, rest) = rest.split_once(']')?;

@@ -1,10 +1,10 @@
 //! The ADS server of `weir control`: serves the [`ConfigStore`] to any number of ADS
 //! streams, state of the world or delta.
 //!
-//! - [`snapshot`]: the resources of the store's generation, translated per changed object
+//! - `snapshot`: the resources of the store's generation, translated per changed object
 //!   and encoded once for every stream; its hub follows the store's change feed and
 //!   publishes each snapshot on a `watch` channel, which also coalesces bursts.
-//! - [`sotw`] and [`delta`]: what one stream of each protocol sends. Each sends what changed
+//! - `sotw` and `delta`: what one stream of each protocol sends. Each sends what changed
 //!   since what it last sent, per type, in the order Cluster, ClusterLoadAssignment,
 //!   RouteConfiguration, so new clusters exist before routes name them.
 //! - This module: the gRPC service, and the loop that drives one stream.

@@ -1,5 +1,5 @@
 //! Concurrency reports to the autoscaler (docs/metrics.md#autoscaler-reports, docs/metrics.md#stat-messages), the
-//! metrics of §5 and `GET /v1/stats` (§4).
+//! metrics (docs/metrics.md) and `GET /v1/stats` (docs/api.md).
 //!
 //! A test autoscaler (`weir_tests::autoscaler::StatServer`) is a WebSocket server on
 //! 127.0.0.1 that records every binary frame with the instant it arrived, decoded with

@@ -1,6 +1,6 @@
 //! The soak and fault test (not in the default run; minutes long):
 //!
-//! `SOAK_SECS=600 cargo test --release -p weir-tests --test soak -- --ignored --nocapture`
+//! `SOAK_SECS=600 cargo test --release -p weir-tests --test it -- --ignored --nocapture soak::`
 //!
 //! A `weir proxy` takes its config over xDS from a `weir control` and reports to a test
 //! autoscaler, under steady load from several clients, while: the config changes every

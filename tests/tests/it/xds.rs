@@ -3,23 +3,14 @@
 //! proxy's fallback), a test ADS server without delta that sends a bad resource, a control
 //! plane crash, and a 10,000-service config. Every wait is bounded.
 
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
-use weir_control::tonic::{self, Request, Response, Status, Streaming};
 use weir_control::translate::to_resources;
 use weir_control::xds::Kind;
-use weir_control::xds_api::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
-use weir_control::xds_api::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-};
 use weir_control::xds_api::pb::envoy::config::route::v3::{route, route_action};
-use weir_control::xds_api::pb::google::protobuf::{Any, UInt32Value};
+use weir_control::xds_api::pb::google::protobuf::UInt32Value;
+use weir_tests::scripted_ads::ScriptedAds;
 use weir_tests::weir::blocking_get;
 use weir_tests::{
     eventually, free_port, get, new_client, send, start_control, weir_bin, Backend, Weir,
@@ -312,78 +303,6 @@ fn not_ready_until_the_first_sync() {
 
 // === (b) a bad resource from another ADS server ===
 
-/// What the test sends on the stream.
-type Responses = mpsc::Receiver<Result<DiscoveryResponse, Status>>;
-
-/// An ADS server for one stream whose responses the test sends and whose requests it reads.
-struct TestAds {
-    stream: Mutex<Option<(Responses, mpsc::Sender<DiscoveryRequest>)>>,
-}
-
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for TestAds {
-    type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
-
-    async fn stream_aggregated_resources(
-        &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let Some((responses, requests)) = self.stream.lock().unwrap().take() else {
-            return Err(Status::unavailable("this test server takes one stream"));
-        };
-        let mut inbound = request.into_inner();
-        tokio::spawn(async move {
-            while let Ok(Some(r)) = inbound.message().await {
-                if requests.send(r).await.is_err() {
-                    break;
-                }
-            }
-        });
-        Ok(Response::new(ReceiverStream::new(responses)))
-    }
-
-    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
-
-    async fn delta_aggregated_resources(
-        &self,
-        _: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        Err(Status::unimplemented("state of the world only"))
-    }
-}
-
-fn response<M: prost::Name>(
-    kind: Kind,
-    version: &str,
-    nonce: &str,
-    items: &[M],
-) -> DiscoveryResponse {
-    DiscoveryResponse {
-        version_info: version.into(),
-        type_url: kind.type_url().into(),
-        nonce: nonce.into(),
-        resources: items.iter().map(|m| Any::from_msg(m).unwrap()).collect(),
-        ..Default::default()
-    }
-}
-
-/// Reads requests until one answers `nonce`.
-async fn answer_to(
-    requests: &mut mpsc::Receiver<DiscoveryRequest>,
-    nonce: &str,
-) -> DiscoveryRequest {
-    let deadline = tokio::time::Instant::now() + CONVERGE;
-    loop {
-        let r = tokio::time::timeout_at(deadline, requests.recv())
-            .await
-            .unwrap_or_else(|_| panic!("no answer to nonce {nonce}"))
-            .expect("the stream is open");
-        if r.response_nonce == nonce {
-            return r;
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_resources_are_nacked_and_change_nothing() {
     let (b1, b2) = (Backend::start("hello-1"), Backend::start("hello-2"));
@@ -397,30 +316,16 @@ async fn invalid_resources_are_nacked_and_change_nothing() {
     .unwrap();
     let good = to_resources(&cfg);
 
-    let (resp_tx, resp_rx) = mpsc::channel(16);
-    let (req_tx, mut requests) = mpsc::channel(64);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let ads = TestAds {
-        stream: Mutex::new(Some((resp_rx, req_tx))),
-    };
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(AggregatedDiscoveryServiceServer::new(ads))
-            .serve_with_incoming(TcpListenerStream::new(listener)),
-    );
+    let mut ads = ScriptedAds::start().await;
     // Version 1, good, queued before the proxy connects.
-    for r in [
-        response(Kind::Cluster, "1", "c1", &good.clusters),
-        response(Kind::Endpoints, "1", "e1", &good.endpoints),
-        response(Kind::Routes, "1", "r1", &good.routes),
-    ] {
-        resp_tx.send(Ok(r)).await.unwrap();
-    }
+    ads.send(Kind::Cluster, "1", "c1", &good.clusters).await;
+    ads.send(Kind::Endpoints, "1", "e1", &good.endpoints).await;
+    ads.send(Kind::Routes, "1", "r1", &good.routes).await;
+    let url = ads.url.clone();
     let proxy = tokio::task::spawn_blocking(move || xds_proxy(&url, "nack-test", true, CONVERGE))
         .await
         .unwrap();
-    let ack = answer_to(&mut requests, "r1").await;
+    let ack = ads.answer_to("r1", CONVERGE).await;
     assert!(ack.error_detail.is_none(), "{ack:?}");
     assert_eq!(ack.version_info, "1");
     assert!(answered_by(&proxy, HOST).await.is_some());
@@ -435,11 +340,8 @@ async fn invalid_resources_are_nacked_and_change_nothing() {
         panic!("weighted clusters")
     };
     wc.clusters[1].weight = Some(UInt32Value { value: 0 });
-    resp_tx
-        .send(Ok(response(Kind::Routes, "2", "bad", &bad)))
-        .await
-        .unwrap();
-    let nack = answer_to(&mut requests, "bad").await;
+    ads.send(Kind::Routes, "2", "bad", &bad).await;
+    let nack = ads.answer_to("bad", CONVERGE).await;
     let detail = nack.error_detail.expect("a NACK");
     assert_eq!(detail.code, 3, "INVALID_ARGUMENT");
     assert_eq!(
@@ -582,7 +484,7 @@ fn percentiles(v: &mut [Duration]) -> String {
 /// `WEIR_SERVICES` services (default 10,000): a route change through the service's own
 /// endpoint and through a whole-config PUT, and an endpoint change; CPU per change in
 /// `weir control` and in a proxy; RSS. Run by hand, in release mode:
-/// `WEIR_SERVICES=100000 cargo test --release -p weir-tests --test xds -- --ignored --nocapture propagation`
+/// `WEIR_SERVICES=100000 cargo test --release -p weir-tests --test it -- --ignored --nocapture xds::propagation`
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "a measurement; run it by hand, in release mode"]
 async fn propagation() {

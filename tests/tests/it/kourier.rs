@@ -1083,7 +1083,7 @@ async fn raw_bytes(addr: SocketAddr, bytes: &[u8]) -> String {
 /// gateway has ACKed the first snapshot and serves it, then for one route change (one
 /// ingress moves to a new revision: Kourier re-sends the whole snapshot under a new
 /// version), and each gateway's memory. Not part of the default run:
-/// `cargo test --release -p weir-tests --test kourier -- --ignored --nocapture fleet`.
+/// `cargo test --release -p weir-tests --test it -- --ignored --nocapture kourier::fleet`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn fleet_convergence_at_1000_kingresses() {

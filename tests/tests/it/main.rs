@@ -1,0 +1,25 @@
+//! Weir's integration suites, one module per job, linked into one test binary (one link of
+//! the whole stack instead of one per suite). Run one suite with its module path as the
+//! filter, e.g. `cargo test -p weir-tests --test it xds::`; the long runs are `#[ignore]`d
+//! (`-- --ignored`, see each module's docs).
+
+mod admin;
+mod affinity;
+mod autoscaler;
+mod cli;
+mod deploy;
+mod edge;
+mod failures;
+mod harness;
+mod headers;
+mod hold;
+mod kourier;
+mod malformed;
+mod protocols;
+mod routing;
+mod signals;
+mod soak;
+mod split;
+mod tls;
+mod updates;
+mod xds;
