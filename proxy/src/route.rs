@@ -346,6 +346,11 @@ const RETRY_AFTER_SECS: &str = "1";
 impl ProxyHttp for WeirProxy {
     type CTX = Ctx;
 
+    /// No downstream modules. pingora's default adds a response-compression module at level 0
+    /// (it compresses nothing, Weir passes bodies through), which still costs every request
+    /// a module context, a boxed module and its filter calls.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     fn new_ctx(&self) -> Ctx {
         self.active.0.fetch_add(1, Ordering::SeqCst);
         Ctx {

@@ -35,3 +35,52 @@ pub fn cpu_seconds(pid: u32) -> f64 {
 pub fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
+
+/// What each open file of a process is, for diagnostics: a path, or for a TCP socket its
+/// `local -> remote state` (from /proc/PID/net/tcp and tcp6), sorted.
+pub fn fd_descriptions(pid: u32) -> Vec<String> {
+    let mut sockets = std::collections::HashMap::new();
+    for table in ["tcp", "tcp6"] {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() > 9 {
+                let port = |a: &str| {
+                    a.rsplit(':')
+                        .next()
+                        .and_then(|p| u16::from_str_radix(p, 16).ok())
+                        .unwrap_or(0)
+                };
+                let state = match f[3] {
+                    "01" => "ESTABLISHED",
+                    "06" => "TIME_WAIT",
+                    "08" => "CLOSE_WAIT",
+                    "0A" => "LISTEN",
+                    s => s,
+                };
+                sockets.insert(
+                    f[9].to_string(),
+                    format!("tcp :{} -> :{} {state}", port(f[1]), port(f[2])),
+                );
+            }
+        }
+    }
+    let mut out: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .map(|target| {
+                    let t = target.to_string_lossy().into_owned();
+                    t.strip_prefix("socket:[")
+                        .and_then(|i| i.strip_suffix(']'))
+                        .and_then(|inode| sockets.get(inode).cloned())
+                        .unwrap_or(t)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}

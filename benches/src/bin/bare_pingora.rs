@@ -18,6 +18,7 @@ use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 
 /// The same allocator as `weir`, so that the comparison is of the request path only.
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -127,6 +127,7 @@ async fn soak_under_faults() {
     tokio::time::sleep(Duration::from_secs(4)).await; // idle_timeout 2 s: client connections close
     let base_rss = weir_tests::process::rss_kib(pid);
     let base_fds = weir_tests::process::fd_count(pid);
+    let base_fd_list = weir_tests::process::fd_descriptions(pid);
     eprintln!(
         "baseline after {warm_up:?} of warm-up: RSS {} KiB, {base_fds} fds",
         base_rss
@@ -223,6 +224,7 @@ async fn soak_under_faults() {
     tokio::time::sleep(Duration::from_secs(5)).await; // idle connections close
     let end_rss = weir_tests::process::rss_kib(pid);
     let end_fds = weir_tests::process::fd_count(pid);
+    let end_fd_list = weir_tests::process::fd_descriptions(pid);
 
     // Every answer documented; every revision in a config in force around the request.
     let mut by_status = std::collections::BTreeMap::new();
@@ -274,6 +276,9 @@ async fn soak_under_faults() {
         end_rss as f64 <= base_rss as f64 * 1.10,
         "memory did not come back: {base_rss} -> {end_rss} KiB"
     );
-    assert!(end_fds <= base_fds + 4, "fds {base_fds} -> {end_fds}");
+    assert!(
+        end_fds <= base_fds + 4,
+        "fds {base_fds} -> {end_fds}\nafter warm-up: {base_fd_list:#?}\nat the end: {end_fd_list:#?}"
+    );
     drop(proxy);
 }

@@ -261,7 +261,7 @@ impl TransportConnector {
                         // test_reusable_stream: we assume server would never actively send data
                         // first on an idle stream.
                         #[cfg(unix)]
-                        if peer.matches_fd(stream.id())
+                        if peer_matches(peer, &stream)
                             && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
                         {
                             Some(stream)
@@ -472,6 +472,25 @@ use futures::future::FutureExt;
 use tokio::io::AsyncReadExt;
 
 /// Test whether a stream is already closed or not reusable (server sent unexpected data)
+/// Whether a pooled stream is connected to `peer` (the pool is keyed by a hash, which may
+/// collide). The stream's socket digest keeps the peer address it first read, and a connected
+/// TCP socket's peer never changes, so a reuse compares with that instead of calling
+/// `getpeername` every time (one syscall per reused request). Proxied peers and sockets
+/// without a digest are checked on the fd as before.
+#[cfg(unix)]
+fn peer_matches<P: Peer>(peer: &P, stream: &Stream) -> bool {
+    if peer.get_proxy().is_none() {
+        if let Some(digest) = stream.get_socket_digest() {
+            if let (Some(seen), crate::protocols::l4::socket::SocketAddr::Inet(want)) =
+                (digest.peer_addr(), peer.address())
+            {
+                return seen.as_inet() == Some(want);
+            }
+        }
+    }
+    peer.matches_fd(stream.id())
+}
+
 fn test_reusable_stream(stream: &mut Stream, unexpected_data_conn_count: &AtomicU64) -> bool {
     let mut buf = [0; 1];
     // tokio::task::unconstrained because now_or_never may yield None when the future is ready

@@ -174,7 +174,15 @@ impl BodyReader {
     }
 
     fn prepare_buf(&mut self, buf_to_rewind: &[u8]) {
-        let mut body_buf = BytesMut::with_capacity(self.body_buf_size.max(buf_to_rewind.len()));
+        self.prepare_buf_sized(buf_to_rewind, usize::MAX);
+    }
+
+    /// [`Self::prepare_buf`] for a body of at most `body_len` bytes: the buffer is no larger
+    /// than the body (a 64 KiB buffer for a 3-byte body is memory the message holds for
+    /// nothing; the read path grows the buffer when a read needs more).
+    fn prepare_buf_sized(&mut self, buf_to_rewind: &[u8], body_len: usize) {
+        let capacity = self.body_buf_size.min(body_len).max(buf_to_rewind.len());
+        let mut body_buf = BytesMut::with_capacity(capacity);
         if !buf_to_rewind.is_empty() {
             self.rewind_buf_len = buf_to_rewind.len();
             // TODO: this is still 1 copy. Make it zero
@@ -246,7 +254,7 @@ impl BodyReader {
                 }
             }
             _ => {
-                self.prepare_buf(buf_to_rewind);
+                self.prepare_buf_sized(buf_to_rewind, cl);
                 self.body_state = PS::Partial(0, cl);
             }
         }
