@@ -1615,7 +1615,10 @@ where
                 .on_connection_reuse(&mut session, &mut ctx, prev_ctx);
         }
 
-        self.process_request(session, ctx).await
+        // Boxed on its own: this future is ~14 KB, and inline it would make the whole
+        // `process_new_http` future that large for as long as a kept-alive connection waits
+        // for its next request (every idle connection would hold it).
+        Box::pin(self.process_request(session, ctx)).await
     }
 
     async fn http_cleanup(&self) {

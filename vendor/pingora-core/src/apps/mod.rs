@@ -378,7 +378,9 @@ where
             });
 
             let h2_options = self.h2_options();
-            let handshake = server::handshake(stream, h2_options);
+            // Boxed, like the session loop below: inline, the HTTP/2 states would make this
+            // future that large for every HTTP/1 connection too, for as long as it lives.
+            let handshake = Box::pin(server::handshake(stream, h2_options));
             let handshake = match left() {
                 Some(t) => match pingora_timeout::timeout(t, handshake).await {
                     Ok(r) => r,
@@ -406,7 +408,7 @@ where
                 .server_options()
                 .and_then(|o| o.h2_idle_timeout)
                 .or(idle_timeout);
-            server::accept_downstream_sessions(
+            Box::pin(server::accept_downstream_sessions(
                 h2_conn,
                 digest,
                 shutdown.clone(),
@@ -423,7 +425,7 @@ where
                             .await;
                     });
                 },
-            )
+            ))
             .await;
         } else if custom || matches!(stream.selected_alpn_proto(), Some(ALPN::Custom(_))) {
             return self.clone().process_custom_session(stream, shutdown).await;

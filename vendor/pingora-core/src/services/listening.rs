@@ -235,7 +235,9 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                         // connection ends.
                         let _permit = permit;
                         let peer_addr = io.peer_addr();
-                        match timeout(Duration::from_secs(60), io.handshake()).await {
+                        // The handshake boxed: its states (TLS's are large) would otherwise
+                        // stay in this task's future for the connection's whole life.
+                        match timeout(Duration::from_secs(60), Box::pin(io.handshake())).await {
                             Ok(handshake) => {
                                 match handshake {
                                     Ok(io) => Self::handle_event(io, app, shutdown).await,
