@@ -44,6 +44,10 @@ pub trait ConfigApi: Send + Sync + 'static {
     fn stats(&self) -> Option<serde_json::Value> {
         None
     }
+    /// `GET /v1/status` (the status page's data); `None`: no status page.
+    fn status(&self, _q: &str, _offset: usize, _limit: usize) -> Option<serde_json::Value> {
+        None
+    }
 }
 
 pub struct Admin {
@@ -94,6 +98,9 @@ impl ConfigApi for State {
     }
     fn metrics(&self) -> Vec<u8> {
         self.metrics.render()
+    }
+    fn status(&self, q: &str, offset: usize, limit: usize) -> Option<serde_json::Value> {
+        Some(crate::status::status_json(self, q, offset, limit))
     }
     fn stats(&self) -> Option<serde_json::Value> {
         let snap = self.snapshot();
@@ -239,6 +246,18 @@ impl Admin {
         if path == "/healthz" {
             return text(StatusCode::OK, "ok\n");
         }
+        // The status page is static HTML: it carries no data, and asks for the token (when
+        // one is set) before it reads `/v1/status`, which requires it like every endpoint.
+        if path == "/" && req.method() == Method::GET && self.api.status("", 0, 1).is_some() {
+            return Response::builder()
+                .status(StatusCode::OK)
+                .header("content-type", "text/html; charset=utf-8")
+                .header("cache-control", "no-store")
+                .body(Full::new(Bytes::from_static(
+                    crate::status::PAGE.as_bytes(),
+                )))
+                .expect("valid response");
+        }
         if !self.authorized(&req) {
             return Response::builder()
                 .status(StatusCode::UNAUTHORIZED)
@@ -273,6 +292,22 @@ impl Admin {
             (&Method::PUT, ["v1", "revisions", ns, name, "endpoints"]) => {
                 let key = Key::new(ns, name);
                 self.put_endpoints(req, key).await
+            }
+            (&Method::GET, ["v1", "status"]) => {
+                let query = req.uri().query().unwrap_or("");
+                let param = |name: &str| {
+                    query.split('&').find_map(|kv| {
+                        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                        (k == name).then(|| percent_decode(v))
+                    })
+                };
+                let q = param("q").unwrap_or_default();
+                let offset = param("offset").and_then(|v| v.parse().ok()).unwrap_or(0);
+                let limit = param("limit").and_then(|v| v.parse().ok()).unwrap_or(100);
+                match self.api.status(&q, offset, limit) {
+                    Some(v) => json(StatusCode::OK, v),
+                    None => text(StatusCode::NOT_FOUND, "not found\n"),
+                }
             }
             (&Method::GET, ["v1", "stats"]) => match self.api.stats() {
                 Some(v) => json(StatusCode::OK, v),
@@ -492,4 +527,29 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, Resp> {
             }
         }
     }
+}
+
+/// A query-string value decoded (`+` is a space, `%XX` a byte); bad escapes stay as they are.
+fn percent_decode(v: &str) -> String {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                let hex = |c: u8| (c as char).to_digit(16);
+                match (hex(b[i + 1]), hex(b[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        out.push((h * 16 + l) as u8);
+                        i += 2;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }

@@ -110,6 +110,7 @@ pub async fn run(state: Arc<State>, cfg: ReporterConfig) {
             Some(c) = conn_rx.recv() => {
                 log::info!("autoscaler connected");
                 conn = Some(c);
+                state.status.autoscaler_connected.store(true, std::sync::atomic::Ordering::Relaxed);
             }
         }
     }
@@ -181,12 +182,20 @@ async fn send(state: &State, conn: &mut Option<Connection>, msgs: &WireStatMessa
         Ok(Err(e)) => {
             log::warn!("autoscaler connection lost: {e}");
             *conn = None;
+            state
+                .status
+                .autoscaler_connected
+                .store(false, std::sync::atomic::Ordering::Relaxed);
             counter("dropped");
             false
         }
         Err(_) => {
             log::warn!("autoscaler send timed out; reconnecting");
             *conn = None;
+            state
+                .status
+                .autoscaler_connected
+                .store(false, std::sync::atomic::Ordering::Relaxed);
             counter("dropped");
             false
         }

@@ -80,6 +80,7 @@ pub fn run(http: SocketAddr, admin: SocketAddr, threads: usize) -> ExitCode {
     println!(
         r#"
 Weir demo: proxy on http://{http}, admin on http://{admin}
+  live status page (routes, splits, held requests, concurrency): http://{admin}/
   revisions hello-00001 on {a1}, hello-00002 on {a2}, sleepy-00001 scaled to zero
 
 Try:

@@ -4,7 +4,7 @@
 //! - [`route`]: the request path (pingora `ProxyHttp`).
 //! - [`revision`]: endpoints, the per-endpoint concurrency breaker and the hold queue.
 //! - [`state`]: the config snapshot behind one `ArcSwap`, and config/endpoint updates.
-//! - [`admin`]: health, metrics and the control API.
+//! - [`admin`]: health, metrics and the control API; [`status`]: the live status page.
 //! - [`server`], [`cli`], [`demo`]: process wiring and the `weir` command line.
 //! - [`xds`]: the state as xDS sink (`weir proxy --xds`) and source (`weir control`).
 
@@ -20,5 +20,6 @@ pub mod route;
 pub mod server;
 pub mod state;
 pub mod stats;
+pub mod status;
 pub mod tls;
 pub mod xds;

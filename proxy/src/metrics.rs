@@ -186,6 +186,14 @@ impl Metrics {
         ] {
             r.register(c).expect("metric names are unique");
         }
+        // Every known label value from the start at 0, so that rate() and alerts see a series
+        // before the first event rather than nothing.
+        for result in ["sent", "dropped"] {
+            m.autoscaler_reports.with_label_values(&[result]);
+        }
+        for reason in ["connections", "held_memory"] {
+            m.overload_rejections.with_label_values(&[reason]);
+        }
         m
     }
 

@@ -260,6 +260,13 @@ pub fn run(opts: ProxyOptions, rt: &tokio::runtime::Runtime, state: Arc<State>) 
                 rt.spawn(admin::serve_when_free(opts.admin, admin));
             }
         }
+        if let Some(url) = &reporter.url {
+            let _ = state.status.autoscaler_url.set(url.clone());
+        }
+        if let Some(x) = &opts.xds {
+            let _ = state.status.xds_url.set(x.url.clone());
+        }
+        rt.spawn(crate::status::sample(state.clone()));
         rt.spawn(crate::autoscaler::run(state.clone(), reporter));
         rt.spawn(crate::state::refresh_dns(state.clone()));
         let sink = opts

@@ -138,6 +138,8 @@ pub struct State {
     pub metrics: Arc<Metrics>,
     /// What run-time revisions share (metrics, the held-request budget, pokes).
     pub shared: crate::revision::Shared,
+    /// What the status page shows beyond the config and metrics.
+    pub status: crate::status::Status,
 }
 
 impl State {
@@ -165,6 +167,7 @@ impl State {
             edge,
             metrics,
             shared,
+            status: Default::default(),
         })
     }
 
@@ -260,6 +263,12 @@ impl State {
         }
         if result.is_ok() && opts.source == "xds" {
             self.awaiting_xds.store(false, Ordering::SeqCst);
+        }
+        match &result {
+            Ok((g, _)) => self.status.applied(*g, opts.source),
+            Err(errs) => self
+                .status
+                .rejected(opts.source, errs.0.iter().map(|e| e.to_string()).collect()),
         }
         self.metrics.config_update(opts.source, result.is_ok());
         result

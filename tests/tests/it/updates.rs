@@ -580,6 +580,23 @@ async fn admin_token_and_body_limit() {
             status(client.get(url("/v1/config")).send().await.unwrap()),
             401
         );
+        // The status page is static HTML and asks for the token; its data needs it.
+        assert_eq!(status(client.get(url("/")).send().await.unwrap()), 200);
+        assert_eq!(
+            status(client.get(url("/v1/status")).send().await.unwrap()),
+            401
+        );
+        assert_eq!(
+            status(
+                client
+                    .get(url("/v1/status"))
+                    .bearer_auth("s3cret")
+                    .send()
+                    .await
+                    .unwrap()
+            ),
+            200
+        );
         assert_eq!(
             status(
                 client
