@@ -120,65 +120,63 @@ pub fn status_json(state: &State, q: &str, offset: usize, limit: usize) -> Value
     let settings = snap.settings();
     let objects = &snap.config.objects;
 
-    // Routes: services and ingresses.
-    let mut routes: Vec<(&str, &Key, Value)> = Vec::new();
+    // Routes: services, then ingresses, each by key. A route's hosts and splits are built
+    // only for the page's items (and its hosts for matching, only when its name does not
+    // match already), so a poll costs little more than a sort of the keys.
+    let mut page = Page::new(offset, limit);
     let mut services: Vec<_> = objects.services.iter().collect();
     services.sort_by(|a, b| a.0.cmp(b.0));
     for (key, svc) in services {
-        let hosts: Vec<String> = service_hosts(settings, svc)
-            .into_iter()
-            .map(|h| h.host)
-            .collect();
-        if !(matches(&key.namespace) || matches(&key.name) || hosts.iter().any(|h| matches(h))) {
+        let hosts = || -> Vec<String> {
+            service_hosts(settings, svc)
+                .into_iter()
+                .map(|h| h.host)
+                .collect()
+        };
+        if !(matches(&key.namespace) || matches(&key.name) || hosts().iter().any(|h| matches(h))) {
             continue;
         }
-        let splits: Vec<Value> = svc
-            .traffic
-            .iter()
-            .map(|t| json!({"revision": t.revision, "percent": t.percent, "tag": t.tag}))
-            .collect();
-        routes.push((
-            "service",
-            key,
-            json!({"hosts": hosts, "paths": [{"path": "", "splits": splits}]}),
-        ));
+        page.offer(|| {
+            let splits: Vec<Value> = svc
+                .traffic
+                .iter()
+                .map(|t| json!({"revision": t.revision, "percent": t.percent, "tag": t.tag}))
+                .collect();
+            route_json(
+                "service",
+                key,
+                hosts(),
+                json!([{"path": "", "splits": splits}]),
+            )
+        });
     }
     let mut ingresses: Vec<_> = objects.ingresses.iter().collect();
     ingresses.sort_by(|a, b| a.0.cmp(b.0));
     for (key, ing) in ingresses {
-        let hosts: Vec<String> = ing.rules.iter().flat_map(|r| r.hosts.clone()).collect();
-        if !(matches(&key.namespace) || matches(&key.name) || hosts.iter().any(|h| matches(h))) {
+        let hosts = || -> Vec<String> { ing.rules.iter().flat_map(|r| r.hosts.clone()).collect() };
+        if !(matches(&key.namespace) || matches(&key.name) || hosts().iter().any(|h| matches(h))) {
             continue;
         }
-        let paths: Vec<Value> = ing
-            .rules
-            .iter()
-            .flat_map(|r| r.paths.iter())
-            .map(|p| {
-                let splits: Vec<Value> = p
-                    .splits
-                    .iter()
-                    .map(|s| {
-                        json!({"revision": s.revision, "namespace": s.namespace, "percent": s.percent})
-                    })
-                    .collect();
-                json!({"path": p.path, "headers": p.headers, "splits": splits})
-            })
-            .collect();
-        routes.push(("ingress", key, json!({"hosts": hosts, "paths": paths})));
+        page.offer(|| {
+            let paths: Vec<Value> = ing
+                .rules
+                .iter()
+                .flat_map(|r| r.paths.iter())
+                .map(|p| {
+                    let splits: Vec<Value> = p
+                        .splits
+                        .iter()
+                        .map(|s| {
+                            json!({"revision": s.revision, "namespace": s.namespace, "percent": s.percent})
+                        })
+                        .collect();
+                    json!({"path": p.path, "headers": p.headers, "splits": splits})
+                })
+                .collect();
+            route_json("ingress", key, hosts(), Value::Array(paths))
+        });
     }
-    let routes_total = routes.len();
-    let route_items: Vec<Value> = routes
-        .into_iter()
-        .skip(offset)
-        .take(limit)
-        .map(|(kind, key, mut v)| {
-            v["kind"] = kind.into();
-            v["namespace"] = (&*key.namespace).into();
-            v["name"] = (&*key.name).into();
-            v
-        })
-        .collect();
+    let (routes_total, route_items) = (page.total, page.items);
 
     // Revisions.
     let history = lock(&state.status.history);
@@ -235,6 +233,42 @@ pub fn status_json(state: &State, q: &str, offset: usize, limit: usize) -> Value
         "rejections": rejections,
         "routes": {"total": routes_total, "offset": offset, "items": route_items},
         "revisions": {"total": revisions_total, "offset": offset, "items": revision_items},
+    })
+}
+
+/// One page of a filtered list: counts every entry offered, builds only those on the page.
+struct Page {
+    offset: usize,
+    limit: usize,
+    total: usize,
+    items: Vec<Value>,
+}
+
+impl Page {
+    fn new(offset: usize, limit: usize) -> Page {
+        Page {
+            offset,
+            limit,
+            total: 0,
+            items: Vec::new(),
+        }
+    }
+
+    fn offer(&mut self, item: impl FnOnce() -> Value) {
+        if self.total >= self.offset && self.items.len() < self.limit {
+            self.items.push(item());
+        }
+        self.total += 1;
+    }
+}
+
+fn route_json(kind: &str, key: &Key, hosts: Vec<String>, paths: Value) -> Value {
+    json!({
+        "kind": kind,
+        "namespace": &*key.namespace,
+        "name": &*key.name,
+        "hosts": hosts,
+        "paths": paths,
     })
 }
 
