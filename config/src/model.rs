@@ -60,6 +60,9 @@ pub struct Config {
     /// What a client may take: timeouts, connections, header sizes, held-request memory.
     #[serde(default)]
     pub limits: Limits,
+    /// One line per request; `access_log: off` turns it off.
+    #[serde(default)]
+    pub access_log: AccessLog,
     #[serde(flatten, skip_serializing)]
     pub unknown: Unknown,
 }
@@ -242,6 +245,131 @@ impl Forwarded {
     }
 }
 
+/// The access log (docs/config.md#access_log): one line per request, JSON by default, to
+/// stdout. Written as `off`, or as a map of the fields below.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessLog {
+    /// `false` when written `off`.
+    pub enabled: bool,
+    /// `json` or `text`.
+    pub format: String,
+    /// The share of requests logged, from 0 to 1.
+    pub sample: f64,
+    /// `stdout`, `stderr` or a file (appended to; reopened on SIGUSR1).
+    pub to: String,
+    /// Lines waiting to be written, at most; beyond it lines are dropped and counted.
+    pub buffer: ByteSize,
+    pub unknown: Unknown,
+    /// What was written when it was neither `off` nor a map (reported by validation).
+    pub invalid: Option<String>,
+}
+
+/// The map form of [`AccessLog`], as serde sees it.
+#[derive(Serialize, Deserialize)]
+struct AccessLogFields {
+    #[serde(default = "defaults::access_log_format")]
+    format: String,
+    #[serde(default = "defaults::one")]
+    sample: f64,
+    #[serde(default = "defaults::stdout")]
+    to: String,
+    #[serde(default = "defaults::access_log_buffer")]
+    buffer: ByteSize,
+    #[serde(flatten, skip_serializing)]
+    unknown: Unknown,
+}
+
+impl Default for AccessLog {
+    fn default() -> Self {
+        AccessLog {
+            enabled: true,
+            format: defaults::access_log_format(),
+            sample: 1.0,
+            to: defaults::stdout(),
+            buffer: defaults::access_log_buffer(),
+            unknown: Unknown::new(),
+            invalid: None,
+        }
+    }
+}
+
+impl AccessLog {
+    /// The access log turned off.
+    pub fn off() -> AccessLog {
+        AccessLog {
+            enabled: false,
+            ..AccessLog::default()
+        }
+    }
+}
+
+impl Serialize for AccessLog {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if !self.enabled {
+            return s.serialize_str("off");
+        }
+        AccessLogFields {
+            format: self.format.clone(),
+            sample: self.sample,
+            to: self.to.clone(),
+            buffer: self.buffer.clone(),
+            unknown: Unknown::new(),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for AccessLog {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Anything is accepted here; validation reports what is not `off` or a map.
+        let v = serde_json::Value::deserialize(d)?;
+        match v {
+            serde_json::Value::String(s) if s == "off" => Ok(AccessLog::off()),
+            serde_json::Value::Bool(false) => Ok(AccessLog::off()),
+            serde_json::Value::Object(_) => {
+                let f: AccessLogFields =
+                    serde_json::from_value(v).map_err(serde::de::Error::custom)?;
+                Ok(AccessLog {
+                    enabled: true,
+                    format: f.format,
+                    sample: f.sample,
+                    to: f.to,
+                    buffer: f.buffer,
+                    unknown: f.unknown,
+                    invalid: None,
+                })
+            }
+            other => Ok(AccessLog {
+                invalid: Some(other.to_string()),
+                ..AccessLog::default()
+            }),
+        }
+    }
+}
+
+/// A service's or ingress's own hold settings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RouteHold {
+    /// A page for browsers while the revision starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placeholder: Option<Placeholder>,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
+/// A page answered to a browser (a request that accepts `text/html`) still held after
+/// `after`: 503 with `Retry-After` and a refresh, instead of a blank wait. API clients are
+/// never answered with it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Placeholder {
+    #[serde(default = "defaults::placeholder_after")]
+    pub after: TextDuration,
+    /// An HTML file, relative to the config file's directory; read on every config load.
+    pub html: String,
+    #[serde(flatten, skip_serializing)]
+    pub unknown: Unknown,
+}
+
 /// Scale-from-zero defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Hold {
@@ -310,6 +438,9 @@ pub struct Service {
     /// `redirect`: plain-HTTP requests get a 301 to https (Knative's `httpOption: Redirected`).
     #[serde(default, skip_serializing_if = "HttpOption::is_enabled")]
     pub http_option: HttpOption,
+    /// While a revision of this service starts (`placeholder`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<RouteHold>,
     #[serde(flatten, skip_serializing)]
     pub unknown: Unknown,
 }
@@ -349,6 +480,9 @@ pub struct Ingress {
     pub namespace: String,
     #[serde(default)]
     pub rules: Vec<Rule>,
+    /// While a revision this ingress sends to starts (`placeholder`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<RouteHold>,
     #[serde(flatten, skip_serializing)]
     pub unknown: Unknown,
 }
@@ -689,6 +823,21 @@ mod defaults {
     }
     pub fn yes() -> bool {
         true
+    }
+    pub fn one() -> f64 {
+        1.0
+    }
+    pub fn stdout() -> String {
+        "stdout".into()
+    }
+    pub fn access_log_format() -> String {
+        "json".into()
+    }
+    pub fn access_log_buffer() -> ByteSize {
+        ByteSize::parse("1MiB")
+    }
+    pub fn placeholder_after() -> TextDuration {
+        TextDuration::parse("2s")
     }
 }
 

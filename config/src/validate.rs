@@ -167,7 +167,7 @@ impl Validator {
             &cfg.unknown,
             "listen, domain, domain_template, tag_template, cluster_domain, \
              tag_header_routing, drain_timeout, threads, node_id, hold, autoscaler, services, \
-             ingresses, revisions, tls, readiness, forwarded, limits",
+             ingresses, revisions, tls, readiness, forwarded, limits, access_log",
         );
         self.listen(&cfg.listen);
         if !is_dns_name(&cfg.domain) {
@@ -246,6 +246,7 @@ impl Validator {
         self.tls(cfg);
         self.readiness(cfg);
         self.limits(&cfg.limits);
+        self.access_log(&cfg.access_log);
         self.unknown(
             "forwarded",
             &cfg.forwarded.unknown,
@@ -314,6 +315,72 @@ impl Validator {
                     ),
                     _ => {}
                 }
+            }
+        }
+    }
+
+    fn access_log(&mut self, a: &AccessLog) {
+        if let Some(raw) = &a.invalid {
+            self.err(
+                "access_log",
+                format!(
+                    "{raw} is not an access log setting; write `off`, or a map with \
+                     format, sample, to, buffer"
+                ),
+            );
+            return;
+        }
+        self.unknown("access_log", &a.unknown, "format, sample, to, buffer");
+        if !matches!(a.format.as_str(), "json" | "text") {
+            self.err(
+                "access_log.format",
+                format!("{:?} is not a format; use json or text", a.format),
+            );
+        }
+        if !(0.0..=1.0).contains(&a.sample) {
+            self.err(
+                "access_log.sample",
+                format!(
+                    "{} is not a share of requests; use a number from 0 to 1 (1: every request)",
+                    a.sample
+                ),
+            );
+        }
+        if a.to.is_empty() {
+            self.err(
+                "access_log.to",
+                "write stdout, stderr or the path of a file",
+            );
+        }
+        match a.buffer.get() {
+            None => self.err(
+                "access_log.buffer",
+                format!(
+                    "{:?} is not a size; write bytes or a number with KiB, MiB or GiB",
+                    a.buffer.as_str()
+                ),
+            ),
+            Some(n) if !(4096..=1 << 30).contains(&n) => {
+                self.err("access_log.buffer", "must be from 4KiB to 1GiB")
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// A service's or ingress's `hold`.
+    fn route_hold(&mut self, at: &str, hold: &Option<RouteHold>) {
+        let Some(h) = hold else { return };
+        let at = format!("{at}.hold");
+        self.unknown(&at, &h.unknown, "placeholder");
+        if let Some(p) = &h.placeholder {
+            let pp = format!("{at}.placeholder");
+            self.unknown(&pp, &p.unknown, "after, html");
+            self.duration(&format!("{pp}.after"), &p.after);
+            if p.html.trim().is_empty() {
+                self.err(
+                    format!("{pp}.html"),
+                    "write the path of an HTML file (relative to the config file)",
+                );
             }
         }
     }
@@ -555,8 +622,9 @@ impl Validator {
         self.unknown(
             at,
             &svc.unknown,
-            "name, namespace, visibility, hosts, traffic, affinity, http_option",
+            "name, namespace, visibility, hosts, traffic, affinity, http_option, hold",
         );
+        self.route_hold(at, &svc.hold);
         self.label(&format!("{at}.name"), "service name", &svc.name);
         self.label(&format!("{at}.namespace"), "namespace", &svc.namespace);
         for (h, host) in svc.hosts.iter().enumerate() {
@@ -635,7 +703,8 @@ impl Validator {
     }
 
     fn ingress(&mut self, at: &str, ing: &Ingress, revs: &Declared<'_>) {
-        self.unknown(at, &ing.unknown, "name, namespace, rules");
+        self.unknown(at, &ing.unknown, "name, namespace, rules, hold");
+        self.route_hold(at, &ing.hold);
         self.label(&format!("{at}.name"), "ingress name", &ing.name);
         self.label(&format!("{at}.namespace"), "namespace", &ing.namespace);
         if ing.rules.is_empty() {

@@ -77,6 +77,7 @@ fn service(rng: &mut StdRng, ns: &str, name: &str) -> Service {
         },
         traffic,
         affinity: None,
+        hold: None,
         http_option: if rng.random_bool(0.1) {
             HttpOption::Redirect
         } else {
@@ -134,6 +135,7 @@ fn ingress(rng: &mut StdRng, ns: &str, name: &str) -> Ingress {
         name: name.into(),
         namespace: ns.into(),
         rules,
+        hold: None,
         unknown: Default::default(),
     }
 }

@@ -93,6 +93,9 @@ struct ProxyArgs {
     /// Log filter, e.g. `info` or `weir_proxy=debug` [default: RUST_LOG, or info].
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<String>,
+    /// Process log lines as text or JSON objects (the access log has its own format).
+    #[arg(long, value_name = "FORMAT", value_enum, default_value = "text")]
+    log_format: crate::logging::LogFormat,
     /// Check the arguments and the config (as `weir check` does) and print what would run,
     /// without binding anything; exit 0 when it would start.
     #[arg(long)]
@@ -128,6 +131,9 @@ struct ControlArgs {
     /// Log filter, e.g. `info` or `weir_control=debug` [default: RUST_LOG, or info].
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<String>,
+    /// Process log lines as text or JSON objects (the access log has its own format).
+    #[arg(long, value_name = "FORMAT", value_enum, default_value = "text")]
+    log_format: crate::logging::LogFormat,
 }
 
 #[derive(Args, Debug)]
@@ -144,6 +150,9 @@ struct DemoArgs {
     /// Log filter.
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<String>,
+    /// Process log lines as text or JSON objects (the access log has its own format).
+    #[arg(long, value_name = "FORMAT", value_enum, default_value = "text")]
+    log_format: crate::logging::LogFormat,
 }
 
 /// Entry point of the `weir` binary.
@@ -161,21 +170,10 @@ pub fn main() -> ExitCode {
         Cmd::Proxy(args) => proxy(args),
         Cmd::Control(args) => control(args),
         Cmd::Demo(args) => {
-            init_logging(args.log_level.as_deref());
+            crate::logging::init(args.log_level.as_deref(), args.log_format);
             crate::demo::run(args.http, args.admin, args.threads)
         }
     }
-}
-
-fn init_logging(level: Option<&str>) {
-    let filter = level
-        .map(str::to_owned)
-        .or_else(|| std::env::var("RUST_LOG").ok())
-        .unwrap_or_else(|| "warn,weir_proxy=info,weir_control=info".into());
-    let _ = env_logger::Builder::new()
-        .parse_filters(&filter)
-        .format_timestamp_millis()
-        .try_init();
 }
 
 /// Reads and validates a config file; every error is a line `path: message`.
@@ -220,6 +218,7 @@ fn check(file: &Path, no_resolve: bool) -> ExitCode {
         Err(lines) => return fail(lines),
     };
     let state = server::new_state();
+    state.set_config_dir(file.parent().unwrap_or(Path::new(".")).to_path_buf());
     state.enable_tls(
         crate::state::TlsStores::default(),
         file.parent().unwrap_or(Path::new(".")).to_path_buf(),
@@ -243,7 +242,7 @@ fn check(file: &Path, no_resolve: bool) -> ExitCode {
 }
 
 fn proxy(args: ProxyArgs) -> ExitCode {
-    init_logging(args.log_level.as_deref());
+    crate::logging::init(args.log_level.as_deref(), args.log_format);
     if args.config.is_none() && args.xds.is_none() {
         eprintln!(
             "error: give --config FILE, --xds URL, or both\n\n\
@@ -389,7 +388,7 @@ fn read_token(file: Option<&Path>) -> Result<Option<String>, ExitCode> {
 }
 
 fn control(args: ControlArgs) -> ExitCode {
-    init_logging(args.log_level.as_deref());
+    crate::logging::init(args.log_level.as_deref(), args.log_format);
     let cfg = match load_file(&args.config) {
         Ok(c) => c,
         Err(lines) => {

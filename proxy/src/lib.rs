@@ -8,11 +8,13 @@
 //! - [`server`], [`cli`], [`demo`]: process wiring and the `weir` command line.
 //! - [`xds`]: the state as xDS sink (`weir proxy --xds`) and source (`weir control`).
 
+pub mod access_log;
 pub mod admin;
 pub mod autoscaler;
 pub mod cli;
 pub mod control_plane;
 pub mod demo;
+pub mod logging;
 pub mod metrics;
 pub mod proxy_protocol;
 pub mod revision;

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub connections_max: IntGauge,
     pub connection_limit_waits: IntGauge,
     pub held_memory_bytes: IntGauge,
+    pub access_log_dropped: IntCounter,
+    pub access_log_written: IntCounter,
     /// The listeners' connection limit and the held-request budget, read when rendering.
     pub edge: std::sync::OnceLock<EdgeGauges>,
 }
@@ -162,6 +164,17 @@ impl Metrics {
                 "Memory counted against limits.held_memory by held requests.",
             )
             .expect("metric"),
+            access_log_dropped: IntCounter::new(
+                "weir_access_log_dropped_total",
+                "Access log lines dropped: the buffer was full (the writer could not keep up) \
+                 or the write failed.",
+            )
+            .expect("metric"),
+            access_log_written: IntCounter::new(
+                "weir_access_log_written_total",
+                "Access log lines written.",
+            )
+            .expect("metric"),
             edge: std::sync::OnceLock::new(),
             registry,
         };
@@ -183,6 +196,8 @@ impl Metrics {
             Box::new(m.connections_max.clone()),
             Box::new(m.connection_limit_waits.clone()),
             Box::new(m.held_memory_bytes.clone()),
+            Box::new(m.access_log_dropped.clone()),
+            Box::new(m.access_log_written.clone()),
         ] {
             r.register(c).expect("metric names are unique");
         }

@@ -38,6 +38,8 @@ static PROXY_HEADER: HeaderName = HeaderName::from_static("k-proxy-request");
 static PROBE_HEADER: HeaderName = HeaderName::from_static("k-network-probe");
 static HASH_HEADER: HeaderName = HeaderName::from_static("k-network-hash");
 static PROXY_WIRE: Bytes = Bytes::from_static(b"K-Proxy-Request");
+static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static ACTIVATOR: HeaderValue = HeaderValue::from_static("activator");
 // The names of the headers added to every proxied request, as they go on the wire. pingora
 // keeps a request's header-name case beside its map; given a `HeaderName` it copies the name
@@ -99,13 +101,16 @@ enum Failure {
     /// Would wait while the process is overloaded: 503 with `Retry-After` (the reason is
     /// the `weir_overload_rejections_total` label).
     Overloaded(&'static str),
+    /// A browser held past `hold.placeholder.after`: 503 with the placeholder page,
+    /// `Retry-After` and `Refresh`.
+    Placeholder,
 }
 
 impl Failure {
     fn status(self) -> u16 {
         match self {
             Failure::Connect => 502,
-            Failure::QueueFull | Failure::Overloaded(_) => 503,
+            Failure::QueueFull | Failure::Overloaded(_) | Failure::Placeholder => 503,
             Failure::HoldTimeout => 504,
             Failure::ClientGone => 499,
         }
@@ -118,7 +123,19 @@ impl Failure {
             Failure::QueueFull => "pending request queue full\n".into(),
             Failure::Overloaded(_) => "overloaded; retry later\n".into(),
             Failure::HoldTimeout => format!("timed out waiting for revision {ns}/{name}\n"),
-            Failure::ClientGone => String::new(),
+            Failure::ClientGone | Failure::Placeholder => String::new(),
+        }
+    }
+
+    /// The access log's name of this failure.
+    fn name(self) -> &'static str {
+        match self {
+            Failure::Connect => "connect",
+            Failure::QueueFull => "queue_full",
+            Failure::HoldTimeout => "hold_timeout",
+            Failure::ClientGone => "client_gone",
+            Failure::Overloaded(_) => "overloaded",
+            Failure::Placeholder => "placeholder",
         }
     }
 }
@@ -139,6 +156,17 @@ pub struct Ctx {
     /// Cookie affinity of this request, if its route has it.
     sticky: Option<Box<Sticky>>,
     stats: Option<StatsGuard>,
+    /// For the access log: the endpoint the request was sent to last,
+    endpoint: Option<SocketAddr>,
+    /// the time it waited for one,
+    held: Duration,
+    /// when it was handed to the upstream connection, and how long the answer's head took,
+    sent_at: Option<Instant>,
+    upstream_time: Option<Duration>,
+    /// how affinity chose the revision.
+    affinity: Option<&'static str>,
+    /// A page for browsers still held after a while (`hold.placeholder`).
+    placeholder: Option<crate::state::LoadedPlaceholder>,
 }
 
 /// Counts the request in its revision's concurrency from routing (held included) to the end.
@@ -232,6 +260,17 @@ impl WeirProxy {
             ctx.post_headers = Some(target.append_headers.clone());
         }
         ctx.rewrite_host = rule.rewrite_host.clone();
+        ctx.affinity = match (&routed.sticky, &rule.affinity) {
+            (Some(s), _) if s.must_set => Some("cookie-set"),
+            (Some(_), _) => Some("cookie"),
+            (None, Some(weir_config::AffinityMode::Header(_))) if target.tag.is_none() => {
+                Some("header")
+            }
+            _ => None,
+        };
+        if rev.would_hold() {
+            ctx.placeholder = self.state.placeholder_for(&routed.host.owner, req);
+        }
         ctx.sticky = routed.sticky.map(|decided| {
             Box::new(Sticky {
                 decided,
@@ -283,8 +322,18 @@ impl WeirProxy {
             return Err(Failure::Overloaded("connections"));
         }
         let held_body = if small_body { body_len.unwrap_or(0) } else { 0 };
+        let waited = Instant::now();
         let held = rev.acquire(avoid, held_body as u64);
         tokio::pin!(held);
+        // A browser still waiting after `placeholder.after` gets the placeholder page (the
+        // request has been counted and has poked the revision already).
+        let placeholder_after = ctx.placeholder.as_ref().map(|p| p.after);
+        let placeholder = async {
+            match placeholder_after {
+                Some(after) => tokio::time::sleep(after).await,
+                None => std::future::pending::<()>().await,
+            }
+        };
         let gone = async {
             if has_body && !small_body {
                 return std::future::pending::<()>().await;
@@ -305,7 +354,7 @@ impl WeirProxy {
                 Ok(_) => std::future::pending::<()>().await,
             }
         };
-        tokio::select! {
+        let result = tokio::select! {
             r = &mut held => r.map_err(|e| match e {
                 HoldError::QueueFull => Failure::QueueFull,
                 HoldError::Timeout => Failure::HoldTimeout,
@@ -313,7 +362,10 @@ impl WeirProxy {
                 HoldError::Overloaded => Failure::Overloaded("held_memory"),
             }),
             _ = gone => Err(Failure::ClientGone),
-        }
+            _ = placeholder => Err(Failure::Placeholder),
+        };
+        ctx.held += waited.elapsed();
+        result
     }
 }
 
@@ -338,6 +390,27 @@ async fn respond_with(
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body), true).await
 }
+
+/// The placeholder page: 503 (the request was not served), come back soon.
+async fn placeholder_page(
+    session: &mut Session,
+    p: &crate::state::LoadedPlaceholder,
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(503, Some(5))?;
+    resp.insert_header(header::CONTENT_TYPE, "text/html; charset=utf-8")?;
+    resp.insert_header(header::CONTENT_LENGTH, p.html.len())?;
+    resp.insert_header(header::RETRY_AFTER, PLACEHOLDER_RETRY_SECS)?;
+    // Browsers reload on `Refresh` (HTML's http-equiv refresh, as a header).
+    resp.insert_header("refresh", PLACEHOLDER_RETRY_SECS)?;
+    resp.insert_header(header::CACHE_CONTROL, "no-store")?;
+    session.write_response_header(Box::new(resp), false).await?;
+    session
+        .write_response_body(Some(p.html.clone()), true)
+        .await
+}
+
+/// How soon a placeholder page reloads (seconds).
+const PLACEHOLDER_RETRY_SECS: &str = "2";
 
 /// How soon an overloaded answer asks the client to come back (seconds).
 const RETRY_AFTER_SECS: &str = "1";
@@ -367,6 +440,12 @@ impl ProxyHttp for WeirProxy {
             failure: None,
             sticky: None,
             stats: None,
+            endpoint: None,
+            held: Duration::ZERO,
+            sent_at: None,
+            upstream_time: None,
+            affinity: None,
+            placeholder: None,
         }
     }
 
@@ -429,6 +508,8 @@ impl ProxyHttp for WeirProxy {
         if ctx.attempts < MAX_CONNECT_ATTEMPTS {
             ctx.tried[ctx.attempts] = Some(addr);
         }
+        ctx.endpoint = Some(addr);
+        ctx.sent_at = Some(Instant::now());
         ctx.attempts += 1;
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
@@ -490,6 +571,7 @@ impl ProxyHttp for WeirProxy {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        ctx.upstream_time = ctx.sent_at.map(|t| t.elapsed());
         if self.state.edge.connections_near_limit() {
             // Near max_connections: close after this answer so slots turn over and clients
             // waiting in the backlog get in (Envoy's overload action "disable keepalive").
@@ -568,8 +650,19 @@ impl ProxyHttp for WeirProxy {
                 },
             },
         };
+        // The connection is not reused after a failure (below): say so in the answer, so that
+        // a client does not send its next request on it.
+        session.set_keepalive(None);
         // Only answer if nothing was sent yet; otherwise the connection is simply closed.
-        if code > 0 && session.response_written().is_none() {
+        if let (Some(Failure::Placeholder), Some(p), None) = (
+            ctx.failure,
+            ctx.placeholder.as_ref(),
+            session.response_written(),
+        ) {
+            if let Err(err) = placeholder_page(session, p).await {
+                log::debug!("writing the placeholder page: {err}");
+            }
+        } else if code > 0 && session.response_written().is_none() {
             let retry_after = matches!(ctx.failure, Some(Failure::Overloaded(_)))
                 .then(|| (header::RETRY_AFTER, RETRY_AFTER_SECS));
             if let Err(err) = respond_with(session, code, body, retry_after).await {
@@ -582,34 +675,100 @@ impl ProxyHttp for WeirProxy {
         }
     }
 
-    fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, _error: &Error) -> bool {
-        // Holding outcomes are expected and counted; clients going away is normal.
-        matches!(
-            ctx.failure,
-            Some(
-                Failure::QueueFull
-                    | Failure::HoldTimeout
-                    | Failure::ClientGone
-                    | Failure::Overloaded(_)
-            )
-        )
+    /// Every request's outcome goes to the access log (its `error` field) and the metrics,
+    /// not to the process log: a client going away or a backend resetting is not for a
+    /// human to read a line a request about (pingora would log each at error level).
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, _error: &Error) -> bool {
+        true
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+    /// Nor a connect failure that is retried on another endpoint (the access log counts
+    /// its attempts).
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        _ctx: &Ctx,
+        _error: &Error,
+        _context: pingora::proxy::ProxyWarnLogContext,
+    ) -> bool {
+        true
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         ctx.slot = None;
         let code = match session.response_written() {
             Some(r) => r.status.as_u16(),
             // nginx's "client closed request"
             None => 499,
         };
+        let total = ctx.start.elapsed();
         match &ctx.revision {
             Some(rev) => {
                 rev.count_response(code);
-                rev.duration_histogram()
-                    .observe(ctx.start.elapsed().as_secs_f64());
+                rev.duration_histogram().observe(total.as_secs_f64());
             }
             None => self.state.metrics.request_counter("", "", code).inc(),
         }
+        let snap = self.state.load();
+        let settings = &snap.settings().access_log;
+        if !settings.enabled || (settings.sample < 1.0 && rand::random::<f64>() >= settings.sample)
+        {
+            return;
+        }
+        let format = if settings.format == "text" {
+            crate::access_log::Format::Text
+        } else {
+            crate::access_log::Format::Json
+        };
+        drop(snap);
+        let pingora_error;
+        let error = match (ctx.failure, e) {
+            (Some(f), _) => Some(f.name()),
+            (None, Some(e)) => {
+                pingora_error = format!("{} {}", e.esource().as_str(), e.etype().as_str());
+                Some(pingora_error.as_str())
+            }
+            (None, None) => None,
+        };
+        let req = session.req_header();
+        let header = |name: &HeaderName| req.headers.get(name).map(HeaderValue::as_bytes);
+        let entry = crate::access_log::Entry {
+            start: std::time::SystemTime::now().checked_sub(total),
+            client: match session.client_addr() {
+                Some(PingoraAddr::Inet(a)) => Some(*a),
+                _ => None,
+            },
+            method: req.method.as_str(),
+            host: req
+                .headers
+                .get(header::HOST)
+                .map(HeaderValue::as_bytes)
+                .or_else(|| req.uri.authority().map(|a| a.as_str().as_bytes()))
+                .unwrap_or_default(),
+            path: req.uri.path_and_query().map_or("", |p| p.as_str()),
+            protocol: match req.version {
+                http::Version::HTTP_10 => "HTTP/1.0",
+                http::Version::HTTP_2 => "HTTP/2",
+                _ => "HTTP/1.1",
+            },
+            status: code,
+            namespace: ctx.revision.as_deref().map(|r| &*r.namespace),
+            revision: ctx.revision.as_deref().map(|r| &*r.name),
+            endpoint: ctx.endpoint,
+            tag: ctx.tag.as_ref().map(HeaderValue::as_bytes),
+            affinity: ctx.affinity,
+            bytes_in: session.as_downstream().body_bytes_read(),
+            bytes_out: session.as_downstream().body_bytes_sent(),
+            upstream: ctx.upstream_time,
+            total,
+            held: ctx.held,
+            attempts: ctx.attempts,
+            request_id: header(&REQUEST_ID),
+            traceparent: header(&TRACEPARENT),
+            user_agent: header(&header::USER_AGENT),
+            error,
+        };
+        self.state.access_log.record(&entry, format);
     }
 }
 

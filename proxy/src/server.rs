@@ -168,6 +168,7 @@ pub fn admin_runtime() -> std::io::Result<tokio::runtime::Runtime> {
 /// start would apply it (certificates load, endpoint names resolve).
 pub fn check_start(opts: &ProxyOptions) -> Result<(), Vec<String>> {
     let state = new_state();
+    state.set_config_dir(opts.config_dir.clone());
     if !(opts.listeners.https.is_empty() && opts.listeners.internal_https.is_empty()) {
         state.enable_tls(TlsStores::default(), opts.config_dir.clone());
     }
@@ -198,6 +199,7 @@ pub fn run(opts: ProxyOptions, rt: &tokio::runtime::Runtime, state: Arc<State>) 
     };
     let reporting = reporter.url.is_some();
     let l = &opts.listeners;
+    state.set_config_dir(opts.config_dir.clone());
     let stores = TlsStores::default();
     if !(l.https.is_empty() && l.internal_https.is_empty()) {
         state.enable_tls(stores.clone(), opts.config_dir.clone());
@@ -273,6 +275,7 @@ pub fn run(opts: ProxyOptions, rt: &tokio::runtime::Runtime, state: Arc<State>) 
             .xds
             .as_ref()
             .map(|_| Arc::new(crate::xds::StateSink::new(state.clone())));
+        rt.spawn(reopen_on_sigusr1(state.clone()));
         if let Some(path) = opts.config_path.clone() {
             rt.spawn(reload_on_sighup(path, state.clone(), sink.clone()));
         }
@@ -433,6 +436,7 @@ async fn drain_on_shutdown(
             quiet += 1;
             if quiet >= 12 {
                 log::info!("drained; exiting");
+                state.access_log.flush(Duration::from_secs(1));
                 std::process::exit(0);
             }
         } else {
@@ -444,6 +448,7 @@ async fn drain_on_shutdown(
         "drain timeout: exiting with {} request(s) in flight",
         active.get()
     );
+    state.access_log.flush(Duration::from_secs(1));
     std::process::exit(0);
 }
 
@@ -482,6 +487,20 @@ fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
+}
+
+/// Reopens the access log file on every SIGUSR1 (log rotation: the file was renamed, the
+/// next line goes to a new one at the configured path).
+async fn reopen_on_sigusr1(state: Arc<State>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut usr1) = signal(SignalKind::user_defined1()) else {
+        log::warn!("cannot watch SIGUSR1: the access log will not be reopened on it");
+        return;
+    };
+    while usr1.recv().await.is_some() {
+        log::info!("SIGUSR1: reopening the access log");
+        state.access_log.reopen();
+    }
 }
 
 /// Re-reads the config file on every SIGHUP; a bad file is logged and changes nothing.

@@ -140,6 +140,20 @@ pub struct State {
     pub shared: crate::revision::Shared,
     /// What the status page shows beyond the config and metrics.
     pub status: crate::status::Status,
+    pub access_log: crate::access_log::AccessLog,
+    /// The config file's directory: relative paths in the config (access log file,
+    /// placeholder pages) are relative to it.
+    config_dir: std::sync::OnceLock<PathBuf>,
+    /// Placeholder pages by their path as written in the config, read on every config that
+    /// names them.
+    placeholders: ArcSwap<HashMap<String, bytes::Bytes>>,
+}
+
+/// A placeholder page in force for a request (`hold.placeholder`).
+#[derive(Debug, Clone)]
+pub struct LoadedPlaceholder {
+    pub after: Duration,
+    pub html: bytes::Bytes,
 }
 
 impl State {
@@ -151,7 +165,14 @@ impl State {
             held_memory: edge.held_memory.clone(),
             pokes: Default::default(),
         };
+        let access_log = crate::access_log::AccessLog::new(
+            metrics.access_log_dropped.clone(),
+            metrics.access_log_written.clone(),
+        );
         Arc::new(State {
+            access_log,
+            config_dir: std::sync::OnceLock::new(),
+            placeholders: Default::default(),
             current: ArcSwap::from_pointee(Snapshot {
                 generation: 0,
                 config: Compiled::default(),
@@ -189,6 +210,47 @@ impl State {
     /// the first apply). Paths are relative to `base`.
     pub fn enable_tls(&self, stores: TlsStores, base: PathBuf) {
         let _ = self.tls.set((stores, base));
+    }
+
+    /// Relative paths of the config are relative to `dir` (call before the first apply).
+    pub fn set_config_dir(&self, dir: PathBuf) {
+        let _ = self.config_dir.set(dir);
+    }
+
+    fn config_dir(&self) -> &std::path::Path {
+        self.config_dir
+            .get()
+            .map_or(std::path::Path::new("."), |d| d.as_path())
+    }
+
+    /// The placeholder page for a request routed by `owner`'s routes, when it has one and
+    /// the request is a browser's (it accepts `text/html`).
+    pub fn placeholder_for(
+        &self,
+        owner: &weir_config::Owner,
+        req: &pingora::http::RequestHeader,
+    ) -> Option<LoadedPlaceholder> {
+        let accepts_html = req
+            .headers
+            .get_all(http::header::ACCEPT)
+            .iter()
+            .any(|v| contains_ignore_case(v.as_bytes(), b"text/html"));
+        if !accepts_html {
+            return None;
+        }
+        let snap = self.load();
+        let objects = &snap.config.objects;
+        let hold = match owner {
+            weir_config::Owner::Service(k) => objects.services.get(k)?.hold.clone(),
+            weir_config::Owner::Ingress(k) => objects.ingresses.get(k)?.hold.clone(),
+            weir_config::Owner::Readiness => None,
+        };
+        let p = hold?.placeholder?;
+        let html = self.placeholders.load().get(&p.html)?.clone();
+        Some(LoadedPlaceholder {
+            after: p.after.get()?,
+            html,
+        })
     }
 
     /// Routes come from xDS: not ready until a config applied from `xds` is in force (a
@@ -312,6 +374,13 @@ impl State {
                 })),
             }
         }
+        let pages = self.read_placeholders(&plan, whole, &mut errors);
+        if whole && plan.next.settings.access_log.enabled {
+            let to = &plan.next.settings.access_log.to;
+            if let Err(e) = crate::access_log::Target::parse(to, self.config_dir()).check() {
+                errors.push(ConfigError::new("access_log.to", e));
+            }
+        }
         let certs = match (self.tls.get(), whole) {
             (Some((_, base)), true) => match tls::load(&plan.next.settings, base) {
                 Ok(c) => Some(c),
@@ -329,7 +398,67 @@ impl State {
         if opts.dry_run {
             return Ok((cur.generation, changed));
         }
+        if let Some(pages) = pages {
+            self.placeholders.store(Arc::new(pages));
+        }
         Ok((self.publish(&cur, plan, created, resolved, certs), changed))
+    }
+
+    /// Reads the placeholder pages the changed services and ingresses name (every one's for
+    /// a whole config): the pages in force afterwards, or `None` when nothing changes.
+    fn read_placeholders(
+        &self,
+        plan: &Plan<Arc<Revision>>,
+        whole: bool,
+        errors: &mut Vec<ConfigError>,
+    ) -> Option<HashMap<String, bytes::Bytes>> {
+        let objects = &plan.next.objects;
+        let named: Vec<(Kind, &Key, &weir_config::model::Placeholder)> = if whole {
+            let svcs = objects
+                .services
+                .iter()
+                .map(|(k, s)| (Kind::Service, k, &s.hold));
+            let ings = objects
+                .ingresses
+                .iter()
+                .map(|(k, i)| (Kind::Ingress, k, &i.hold));
+            svcs.chain(ings)
+                .filter_map(|(kind, k, h)| Some((kind, k, h.as_ref()?.placeholder.as_ref()?)))
+                .collect()
+        } else {
+            plan.changes
+                .iter()
+                .filter_map(|c| {
+                    let hold = match c {
+                        Change::Service(_, Some(s)) => &s.hold,
+                        Change::Ingress(_, Some(i)) => &i.hold,
+                        _ => return None,
+                    };
+                    Some((c.kind(), c.key(), hold.as_ref()?.placeholder.as_ref()?))
+                })
+                .collect()
+        };
+        if named.is_empty() && !whole {
+            return None;
+        }
+        let mut pages = if whole {
+            HashMap::new()
+        } else {
+            (**self.placeholders.load()).clone()
+        };
+        for (kind, key, p) in named {
+            let path = self.config_dir().join(&p.html);
+            match std::fs::read(&path) {
+                Ok(html) => {
+                    pages.insert(p.html.clone(), bytes::Bytes::from(html));
+                }
+                Err(e) => errors.push(ConfigError::new(
+                    format!("{}.hold.placeholder.html", plan.path_of(kind, key)),
+                    format!("cannot read {}: {e}", path.display()),
+                )),
+            }
+        }
+        Some(pages)
     }
 
     fn new_revision(&self, k: &Key) -> Arc<Revision> {
@@ -368,6 +497,12 @@ impl State {
         }
         if plan.settings_changed || cur.generation == 0 {
             self.edge.apply(&settings.limits);
+            let log = &settings.access_log;
+            self.access_log.configure(
+                log.enabled
+                    .then(|| crate::access_log::Target::parse(&log.to, self.config_dir())),
+                log.buffer.get().unwrap_or(1 << 20) as usize,
+            );
         }
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         let next = Arc::new(Snapshot {
@@ -530,6 +665,12 @@ fn resolve_revision(
 /// Frees a replaced snapshot on another thread: a 10,000-service table takes milliseconds to
 /// free, which would otherwise delay the update's answer (and the next update). Requests still
 /// holding it keep it alive as before; whoever lets go last frees it.
+/// Whether `hay` contains `needle`, ASCII case aside.
+fn contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
 fn drop_elsewhere(old: Arc<Snapshot>) {
     if Arc::strong_count(&old) > 1 || old.config.objects.len() < 1000 {
         return; // someone else drops it last, or it is small

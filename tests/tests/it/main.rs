@@ -3,6 +3,7 @@
 //! filter, e.g. `cargo test -p weir-tests --test it xds::`; the long runs are `#[ignore]`d
 //! (`-- --ignored`, see each module's docs).
 
+mod access_log;
 mod admin;
 mod affinity;
 mod autoscaler;

@@ -83,7 +83,9 @@ async fn soak_under_faults() {
     let first = config(&[("soak-a", 50), ("soak-b", 50)], &endpoints, &autoscaler);
     let mut control = WeirControl::start(weir_bin!(), &first);
     let xds = control.xds_addr();
-    let proxy = Weir::builder(weir_bin!(), &json!({"limits": {"idle_timeout": "2s"}}))
+    // No access log: millions of lines would fill the disk of a test machine.
+    let proxy_config = json!({"limits": {"idle_timeout": "2s"}, "access_log": "off"});
+    let proxy = Weir::builder(weir_bin!(), &proxy_config)
         .arg(format!("--xds={}", control.xds_url()))
         .arg("--autoscaler")
         .arg(&autoscaler)

@@ -113,6 +113,7 @@ fn ingress_of(
             paths: served.paths.clone(),
             unknown: Default::default(),
         }],
+        hold: None,
         unknown: Default::default(),
     });
     let source = Arc::new(Source {
