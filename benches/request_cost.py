@@ -3,7 +3,8 @@
 noise: instructions (valgrind callgrind), heap allocations (valgrind DHAT), syscalls (strace -c)
 and context switches (/proc), per request, for Weir, a bare pingora proxy and haproxy.
 
-    benches/request_cost.py [--requests 2000] [--targets weir,bare-pingora,haproxy]
+    benches/request_cost.py [--requests 2000]
+                            [--targets weir,weir-no-access-log,bare-pingora,haproxy]
                             [--weir target/release/weir] [--bare target/release/bare_pingora]
                             [--measures instructions,allocations,syscalls,switches]
 
@@ -141,10 +142,13 @@ def wait_ready(port, timeout=120):
 
 def target_cmd(name, args, port, backends, scratch):
     b1, b2 = (f"127.0.0.1:{p}" for p in backends)
-    if name == "weir":
-        cfg = os.path.join(scratch, "weir.yaml")
+    if name in ("weir", "weir-no-access-log"):
+        cfg = os.path.join(scratch, f"{name}.yaml")
+        # "weir" is the default config: the access log on, JSON lines to stdout (here
+        # /dev/null: its writes cost what writes to a pipe or a file's page cache do).
+        log = "access_log: off\n" if name == "weir-no-access-log" else ""
         with open(cfg, "w") as f:
-            f.write(f"""services:
+            f.write(log + f"""services:
   - name: hello
     traffic: [{{revision: hello-00001, percent: 90}}, {{revision: hello-00002, percent: 10}}]
 revisions:
@@ -217,7 +221,8 @@ def switches(pid):
 def valgrind_run(tool, name, args, backends, scratch, count, out, extra=()):
     """Runs the target under a valgrind tool for warm-up + `count` requests; waits for exit."""
     port = free_port()
-    binary = {"weir": args.weir_sysalloc, "bare-pingora": args.bare_sysalloc}.get(name) \
+    binary = {"weir": args.weir_sysalloc, "weir-no-access-log": args.weir_sysalloc,
+              "bare-pingora": args.bare_sysalloc}.get(name) \
         if tool == "dhat" else None
     sub = argparse.Namespace(**{**vars(args), **({"weir": binary, "bare": binary} if binary else {})})
     p = run(target_cmd(name, sub, port, backends, scratch),
@@ -312,7 +317,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--conns", type=int, default=4)
-    ap.add_argument("--targets", default="weir,bare-pingora,haproxy")
+    ap.add_argument("--targets", default="weir,weir-no-access-log,bare-pingora,haproxy")
     ap.add_argument("--measures", default="instructions,allocations,syscalls,switches")
     ap.add_argument("--weir", default=os.path.join(ROOT, "target/release/weir"))
     ap.add_argument("--bare", default=os.path.join(ROOT, "target/release/bare_pingora"))
@@ -332,7 +337,8 @@ def main():
     if "haproxy" in targets and not ensure("haproxy", "haproxy"):
         print("haproxy could not be installed: skipped", file=sys.stderr)
         targets.remove("haproxy")
-    for t, path in (("weir", args.weir), ("bare-pingora", args.bare)):
+    for t, path in (("weir", args.weir), ("weir-no-access-log", args.weir),
+                    ("bare-pingora", args.bare)):
         if t in targets and not os.path.exists(path):
             raise SystemExit(f"{path} is missing: cargo build --release --bin weir --bin bare_pingora")
     if "allocations" in measures and not (os.path.exists(args.weir_sysalloc)

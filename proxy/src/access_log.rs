@@ -143,7 +143,8 @@ impl Entry<'_> {
         json_str(out, self.path.as_bytes());
         out.extend_from_slice(b",\"protocol\":");
         json_str(out, self.protocol.as_bytes());
-        let _ = write!(out, ",\"status\":{}", self.status);
+        out.extend_from_slice(b",\"status\":");
+        num(out, self.status as u64);
         out.extend_from_slice(b",\"namespace\":");
         opt_str(out, self.namespace.map(str::as_bytes));
         out.extend_from_slice(b",\"revision\":");
@@ -154,11 +155,11 @@ impl Entry<'_> {
         opt_str(out, self.tag);
         out.extend_from_slice(b",\"affinity\":");
         opt_str(out, self.affinity.map(str::as_bytes));
-        let _ = write!(
-            out,
-            ",\"bytes_in\":{},\"bytes_out\":{},\"upstream_ms\":",
-            self.bytes_in, self.bytes_out
-        );
+        out.extend_from_slice(b",\"bytes_in\":");
+        num(out, self.bytes_in as u64);
+        out.extend_from_slice(b",\"bytes_out\":");
+        num(out, self.bytes_out as u64);
+        out.extend_from_slice(b",\"upstream_ms\":");
         match self.upstream {
             Some(d) => millis(out, d),
             None => out.extend_from_slice(b"null"),
@@ -167,7 +168,8 @@ impl Entry<'_> {
         millis(out, self.total);
         out.extend_from_slice(b",\"held_ms\":");
         millis(out, self.held);
-        let _ = write!(out, ",\"attempts\":{}", self.attempts);
+        out.extend_from_slice(b",\"attempts\":");
+        num(out, self.attempts as u64);
         out.extend_from_slice(b",\"request_id\":");
         opt_str(out, self.request_id);
         out.extend_from_slice(b",\"traceparent\":");
@@ -182,9 +184,7 @@ impl Entry<'_> {
     /// nginx's combined log's order first, then `key=value` pairs; `-` for none.
     fn text(&self, out: &mut Vec<u8>) {
         match self.client {
-            Some(c) => {
-                let _ = write!(out, "{c}");
-            }
+            Some(c) => addr(out, c),
             None => out.push(b'-'),
         }
         out.extend_from_slice(b" [");
@@ -210,9 +210,7 @@ impl Entry<'_> {
         }
         out.extend_from_slice(b" endpoint=");
         match self.endpoint {
-            Some(e) => {
-                let _ = write!(out, "{e}");
-            }
+            Some(e) => addr(out, e),
             None => out.push(b'-'),
         }
         for (key, value) in [
@@ -244,16 +242,57 @@ impl Entry<'_> {
     }
 }
 
+// Numbers and addresses are written by hand (itoa, octets): `write!` through `fmt` costs
+// several times more, and a line has a dozen of them (benches/request_cost.py).
+
+fn num(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
+/// `n` as exactly `width` digits, zero-padded (`n` < 10^width).
+fn padded(out: &mut Vec<u8>, n: u64, width: usize) {
+    let mut buf = [b'0'; 4];
+    let mut n = n;
+    for d in buf[..width].iter_mut().rev() {
+        *d = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    out.extend_from_slice(&buf[..width]);
+}
+
 /// Milliseconds with three decimals (microseconds).
 fn millis(out: &mut Vec<u8>, d: Duration) {
-    let us = d.as_micros();
-    let _ = write!(out, "{}.{:03}", us / 1000, us % 1000);
+    let us = d.as_micros() as u64;
+    num(out, us / 1000);
+    out.push(b'.');
+    padded(out, us % 1000, 3);
+}
+
+/// `IP:port` (`[IPv6]:port`), as `SocketAddr`'s `Display` writes it.
+fn addr(out: &mut Vec<u8>, a: SocketAddr) {
+    match a {
+        SocketAddr::V4(v4) => {
+            for (i, o) in v4.ip().octets().iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                num(out, u64::from(*o));
+            }
+        }
+        SocketAddr::V6(_) => {
+            let _ = write!(out, "[{}]", a.ip());
+        }
+    }
+    out.push(b':');
+    num(out, u64::from(a.port()));
 }
 
 fn opt_display(out: &mut Vec<u8>, v: Option<SocketAddr>) {
     match v {
         Some(v) => {
-            let _ = write!(out, "\"{v}\"");
+            out.push(b'"');
+            addr(out, v);
+            out.push(b'"');
         }
         None => out.extend_from_slice(b"null"),
     }
@@ -270,6 +309,14 @@ fn opt_str(out: &mut Vec<u8>, v: Option<&[u8]>) {
 /// are not UTF-8 (a header may carry any) become U+FFFD.
 fn json_str(out: &mut Vec<u8>, s: &[u8]) {
     out.push(b'"');
+    // Nearly always printable ASCII with nothing to escape: copied as is.
+    if s.iter()
+        .all(|&b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    {
+        out.extend_from_slice(s);
+        out.push(b'"');
+        return;
+    }
     for chunk in s.utf8_chunks() {
         for &b in chunk.valid().as_bytes() {
             match b {
@@ -308,23 +355,46 @@ pub fn time_now(out: &mut Vec<u8>) {
     time(None, out);
 }
 
-/// RFC 3339 UTC with milliseconds: `2026-11-30T10:29:50.123Z`.
+/// RFC 3339 UTC with milliseconds: `2026-11-30T10:29:50.123Z`. The part up to the second is
+/// formatted once per second per thread.
 fn time(t: Option<SystemTime>, out: &mut Vec<u8>) {
+    thread_local! {
+        static SECOND: RefCell<(u64, [u8; 19])> = const { RefCell::new((u64::MAX, [0; 19])) };
+    }
     let since = t
         .unwrap_or_else(SystemTime::now)
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     let secs = since.as_secs();
-    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
-    let s = secs % 86_400;
-    let _ = write!(
-        out,
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        s / 3600,
-        s / 60 % 60,
-        s % 60,
-        since.subsec_millis()
-    );
+    SECOND.with(|cached| {
+        let mut cached = cached.borrow_mut();
+        if cached.0 != secs {
+            let mut buf = Vec::with_capacity(19);
+            let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+            let s = secs % 86_400;
+            let _ = write!(
+                buf,
+                "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
+                s / 3600,
+                s / 60 % 60,
+                s % 60
+            );
+            if let Ok(b) = <[u8; 19]>::try_from(buf.as_slice()) {
+                *cached = (secs, b);
+            } else {
+                // Beyond year 9999: not cached.
+                out.extend_from_slice(&buf);
+                out.push(b'.');
+                padded(out, u64::from(since.subsec_millis()), 3);
+                out.push(b'Z');
+                return;
+            }
+        }
+        out.extend_from_slice(&cached.1);
+        out.push(b'.');
+        padded(out, u64::from(since.subsec_millis()), 3);
+        out.push(b'Z');
+    });
 }
 
 /// Year, month, day of a day count since 1970-01-01 (Howard Hinnant's `civil_from_days`).
@@ -634,6 +704,21 @@ mod tests {
         assert!(s.contains("\"evil\\x0aline \\x22x\\x22\""), "{s}");
         assert!(s.contains(" revision=default/hello-1 endpoint=127.0.0.1:8081 "));
         assert!(s.contains(" upstream_ms=1.500 total_ms=2.250 held_ms=0.000 attempts=1 "));
+    }
+
+    #[test]
+    fn addresses_as_display_writes_them() {
+        for a in [
+            "127.0.0.1:80",
+            "[::1]:8080",
+            "255.255.255.255:65535",
+            "0.0.0.0:0",
+        ] {
+            let a: SocketAddr = a.parse().unwrap();
+            let mut out = Vec::new();
+            addr(&mut out, a);
+            assert_eq!(String::from_utf8(out).unwrap(), a.to_string());
+        }
     }
 
     #[test]

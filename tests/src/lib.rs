@@ -9,12 +9,14 @@
 //! - [`client`]: requests with an explicit `Host`, a raw HTTP/1.1 client for headers a
 //!   normal client would not send.
 //! - [`admin`]: the control API, `/v1/stats` and `/metrics` from a test, and polling.
+//! - [`browser`]: headless Chromium over the DevTools protocol, for a page left open.
 //! - [`tls`]: a test CA issuing certificates, a TLS client that shows what it negotiated,
 //!   and HTTP/1.1 or HTTP/2 (TLS or h2c) connections.
 
 pub mod admin;
 pub mod autoscaler;
 pub mod backend;
+pub mod browser;
 pub mod client;
 pub mod control;
 pub mod kourier;

@@ -177,14 +177,7 @@ async fn the_page_and_what_it_shows() {
 /// API; a screenshot is saved under the target directory.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_renders_in_a_real_browser() {
-    let chromium = ["chromium", "chromium-browser", "google-chrome"]
-        .into_iter()
-        .find(|b| {
-            std::process::Command::new(b)
-                .arg("--version")
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
+    let chromium = weir_tests::browser::chromium()
         .expect("headless Chromium is needed (apt-get install chromium; .ci/run installs it)");
     let (b1, b2) = (Backend::start("hello-1"), Backend::start("hello-2"));
     let weir = start_weir!(config(&b1, &b2));
@@ -207,20 +200,13 @@ async fn the_page_renders_in_a_real_browser() {
         tokio::task::spawn_blocking(move || {
             let profile = tempfile::tempdir().expect("profile dir");
             let mut cmd = std::process::Command::new(chromium);
-            cmd.args([
-                "--headless=new",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--no-first-run",
-                "--window-size=1280,900",
+            cmd.args(weir_tests::browser::HEADLESS)
                 // Virtual time: the page's first poll and render happen before the dump.
-                "--virtual-time-budget=4000",
-            ])
-            .arg(format!("--user-data-dir={}", profile.path().display()))
-            .args(extra)
-            .arg(page)
-            .stderr(std::process::Stdio::null());
+                .arg("--virtual-time-budget=4000")
+                .arg(format!("--user-data-dir={}", profile.path().display()))
+                .args(extra)
+                .arg(page)
+                .stderr(std::process::Stdio::null());
             let out = cmd.output().expect("run chromium");
             assert!(out.status.success(), "chromium: {:?}", out.status);
             String::from_utf8_lossy(&out.stdout).into_owned()
@@ -265,4 +251,65 @@ async fn the_page_renders_in_a_real_browser() {
         "{} bytes",
         png.len()
     );
+}
+
+/// The page left open in a browser follows what happens, without a reload: a split changed
+/// through the API appears on the next poll (the page polls every second; the time it took
+/// is printed), a held request appears and goes. Driven over the DevTools protocol.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_open_page_follows_changes() {
+    let (b1, b2) = (Backend::start("hello-1"), Backend::start("hello-2"));
+    let weir = start_weir!(config(&b1, &b2));
+    let admin = weir.admin_url();
+    let mut page = weir_tests::browser::Browser::open(&format!("{admin}/")).await;
+    let percent = r#"(() => { const e = document.querySelector('[data-split="hello-1"]');
+                       return e ? e.dataset.percent : null; })()"#;
+    let deadline = |secs| std::time::Instant::now() + Duration::from_secs(secs);
+    let until = deadline(30);
+    while page.eval(percent).await != "90" {
+        assert!(
+            std::time::Instant::now() < until,
+            "the page never showed the split"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let changed = std::time::Instant::now();
+    split_evenly(&admin).await;
+    while page.eval(percent).await != "50" {
+        // The page polls every second: a change shows within 2 s.
+        assert!(
+            changed.elapsed() < Duration::from_secs(2),
+            "the open page did not show the new split within 2 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "status page: the split change showed on the open page {:?} after the API call",
+        changed.elapsed()
+    );
+
+    let held_shown =
+        r#"document.querySelector('[data-revision="default/cold-1"] [data-held="1"]') !== null"#;
+    let url = weir.http_url();
+    let held =
+        tokio::spawn(async move { get(&format!("{url}/"), "cold.default.example.com", &[]).await });
+    let until = deadline(10);
+    while page.eval(held_shown).await != true {
+        assert!(
+            std::time::Instant::now() < until,
+            "the held request never showed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    put_endpoints_at(&admin, "default", "cold-1", &[b1.endpoint()]).await;
+    assert_eq!(held.await.unwrap().status, 200);
+    let until = deadline(10);
+    while page.eval(held_shown).await != false {
+        assert!(
+            std::time::Instant::now() < until,
+            "the released request stayed on the page"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
