@@ -402,8 +402,11 @@ where
         }
 
         /* run filters before sending to downstream */
-        let mut filtered_tasks = Vec::with_capacity(TASK_BUFFER_SIZE);
-        for mut t in tasks {
+        // Filtered in place: each task is replaced by its filtered form in the same Vec, so a
+        // response costs one task buffer, not two.
+        let mut filtered = 0;
+        while filtered < tasks.len() {
+            let mut t = std::mem::replace(&mut tasks[filtered], HttpTask::Done);
             if self.revalidate_or_stale(session, &mut t, ctx).await {
                 serve_from_cache.enable();
                 response_state.enable_cached_response();
@@ -432,8 +435,11 @@ where
                     return Err(e);
                 }
             }
-            filtered_tasks.push(task);
+            tasks[filtered] = task;
+            filtered += 1;
         }
+        tasks.truncate(filtered);
+        let filtered_tasks = tasks;
 
         if !serve_from_cache.should_send_to_downstream() {
             // TODO: need to derive response_done from filtered_tasks in case downstream failed already

@@ -912,11 +912,11 @@ impl HttpSession {
             /* update headers */
             header.insert_header(header::DATE, date::get_cached_date())?;
 
-            // TODO: make these lazy static
+            // Static values: a `&str` would be copied into a new buffer on every response.
             let connection_value = if self.will_keepalive() {
-                "keep-alive"
+                http::HeaderValue::from_static("keep-alive")
             } else {
-                "close"
+                http::HeaderValue::from_static("close")
             };
             header.insert_header(header::CONNECTION, connection_value)?;
         }
