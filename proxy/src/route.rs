@@ -35,6 +35,9 @@ const MAX_CONNECT_ATTEMPTS: usize = 3;
 static XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
 static XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static PROXY_HEADER: HeaderName = HeaderName::from_static("k-proxy-request");
+static REVISION_HEADER: HeaderName = HeaderName::from_static("knative-serving-revision");
+static NAMESPACE_HEADER: HeaderName = HeaderName::from_static("knative-serving-namespace");
+static TAG_HEADER: HeaderName = HeaderName::from_static("knative-serving-tag");
 static PROBE_HEADER: HeaderName = HeaderName::from_static("k-network-probe");
 static HASH_HEADER: HeaderName = HeaderName::from_static("k-network-hash");
 static PROXY_WIRE: Bytes = Bytes::from_static(b"K-Proxy-Request");
@@ -42,8 +45,8 @@ static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static ACTIVATOR: HeaderValue = HeaderValue::from_static("activator");
 // The names of the headers added to every proxied request, as they go on the wire. pingora
-// keeps a request's header-name case beside its map; given a `HeaderName` it copies the name
-// into a new buffer on every insert, given a static `Bytes` it stores it as is.
+// keeps a request's header-name case beside its map: `insert_header_parsed` (vendored
+// pingora-http) takes the static name and its static case, and neither parses nor copies.
 static REVISION_WIRE: Bytes = Bytes::from_static(b"Knative-Serving-Revision");
 static NAMESPACE_WIRE: Bytes = Bytes::from_static(b"Knative-Serving-Namespace");
 static TAG_WIRE: Bytes = Bytes::from_static(b"Knative-Serving-Tag");
@@ -528,28 +531,36 @@ impl ProxyHttp for WeirProxy {
     ) -> Result<()> {
         strip_hop_by_hop(req, session.is_upgrade_req());
         if let Some(rev) = &ctx.revision {
-            req.insert_header(REVISION_WIRE.clone(), rev.name_value.clone())?;
-            req.insert_header(NAMESPACE_WIRE.clone(), rev.namespace_value.clone())?;
+            req.insert_header_parsed(
+                &REVISION_HEADER,
+                REVISION_WIRE.clone(),
+                rev.name_value.clone(),
+            );
+            req.insert_header_parsed(
+                &NAMESPACE_HEADER,
+                NAMESPACE_WIRE.clone(),
+                rev.namespace_value.clone(),
+            );
         }
         if let Some(tag) = &ctx.tag {
-            req.insert_header(TAG_WIRE.clone(), tag.clone())?;
+            req.insert_header_parsed(&TAG_HEADER, TAG_WIRE.clone(), tag.clone());
         }
         let snap = self.state.load();
         let fwd = &snap.settings().forwarded;
         if fwd.use_remote_address {
             if let Some(PingoraAddr::Inet(addr)) = session.client_addr() {
                 let xff = forwarded_for(req.headers.get(&XFF), addr.ip());
-                req.insert_header(XFF_WIRE.clone(), xff)?;
+                req.insert_header_parsed(&XFF, XFF_WIRE.clone(), xff);
             }
         }
         // Envoy's rule: a trusted hop's X-Forwarded-Proto stands (a TLS-terminating load
         // balancer's "https"); otherwise it is this listener's scheme.
         if fwd.trusted_hops == 0 || !req.headers.contains_key(&XFP) {
-            req.insert_header(XFP_WIRE.clone(), self.scheme.clone())?;
+            req.insert_header_parsed(&XFP, XFP_WIRE.clone(), self.scheme.clone());
         }
         drop(snap);
         if self.reporting {
-            req.insert_header(PROXY_WIRE.clone(), ACTIVATOR.clone())?;
+            req.insert_header_parsed(&PROXY_HEADER, PROXY_WIRE.clone(), ACTIVATOR.clone());
         } else if self.listener == Listener::External {
             // A client must not pass itself off as the activator to queue-proxy.
             req.remove_header(&PROXY_HEADER);
@@ -774,13 +785,23 @@ impl ProxyHttp for WeirProxy {
 
 /// `X-Forwarded-For` with the client's address appended.
 fn forwarded_for(existing: Option<&HeaderValue>, ip: std::net::IpAddr) -> HeaderValue {
-    let mut buf = Vec::with_capacity(64);
-    if let Some(prev) = existing.filter(|v| !v.is_empty()) {
+    // The address on the stack first, so that the value's buffer is allocated at its exact
+    // size: `Bytes` takes a full `Vec` as it is, while one with spare room costs it one more
+    // allocation.
+    let mut addr = [0u8; 64];
+    let len = {
+        let mut cursor = std::io::Cursor::new(&mut addr[..]);
+        let _ = write!(cursor, "{ip}");
+        cursor.position() as usize
+    };
+    let addr = &addr[..len];
+    let prev = existing.filter(|v| !v.is_empty());
+    let mut buf = Vec::with_capacity(prev.map_or(0, |p| p.len() + 2) + addr.len());
+    if let Some(prev) = prev {
         buf.extend_from_slice(prev.as_bytes());
         buf.extend_from_slice(b", ");
     }
-    let _ = write!(buf, "{ip}");
-    // From the buffer itself, not a copy of it.
+    buf.extend_from_slice(addr);
     HeaderValue::from_maybe_shared(Bytes::from(buf))
         .unwrap_or_else(|_| HeaderValue::from_static(""))
 }

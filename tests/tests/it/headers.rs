@@ -176,3 +176,78 @@ async fn k_proxy_request_is_stripped_from_clients_and_set_when_reporting() {
         Some("activator")
     );
 }
+
+/// The upstream request as bytes on the wire: the client's header fields in their order and
+/// letter case (repeated ones too), then Weir's, in the case it writes them. A backend that
+/// reads raw bytes, since an HTTP library would lowercase the names.
+#[tokio::test]
+async fn header_case_and_order_reach_the_backend() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let weir = start_weir!(json!({
+        "services": [{"name": "hello", "traffic": [{"revision": "hello-00001", "percent": 100}]}],
+        "revisions": [{"name": "hello-00001", "endpoints": [addr.to_string()]}],
+    }));
+    let backend = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the proxy closed before a whole head");
+            head.extend_from_slice(&buf[..n]);
+        }
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            .await
+            .unwrap();
+        String::from_utf8(head).unwrap()
+    });
+    let r = raw_request(
+        weir.http_addr(),
+        &format!(
+            "GET /x HTTP/1.1\r\nHost: {HOST}\r\nX-MiXeD-Case: 1\r\nx-dup: a\r\nAccept: */*\r\n\
+             X-Dup: b\r\nUser-Agent: raw\r\nX-Last-One: z\r\n\r\n"
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let head = backend.await.unwrap();
+    let lines: Vec<&str> = head.trim_end().split("\r\n").skip(1).collect();
+    let position = |name: &str| {
+        lines
+            .iter()
+            .position(|l| l.starts_with(&format!("{name}: ")))
+            .unwrap_or_else(|| panic!("{name} not sent upstream as is:\n{head}"))
+    };
+    // The client's fields keep their case and relative order; both values of x-dup go, in
+    // order, each in its own case, at the place of the first.
+    let order = [
+        position("X-MiXeD-Case"),
+        position("x-dup"),
+        position("Accept"),
+        position("User-Agent"),
+        position("X-Last-One"),
+    ];
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{head}");
+    let dups: Vec<&str> = lines
+        .iter()
+        .filter(|l| l.to_ascii_lowercase().starts_with("x-dup:"))
+        .copied()
+        .collect();
+    assert_eq!(dups, ["x-dup: a", "X-Dup: b"], "{head}");
+    // Weir's own, in their wire case.
+    for line in [
+        "Knative-Serving-Revision: hello-00001",
+        "Knative-Serving-Namespace: default",
+        "X-Forwarded-Proto: http",
+    ] {
+        assert!(lines.contains(&line), "{line} not in:\n{head}");
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("X-Forwarded-For: 127.0.0.1")),
+        "{head}"
+    );
+}
