@@ -195,7 +195,11 @@ impl Entry<'_> {
         text_bytes(out, self.path.as_bytes());
         out.push(b' ');
         out.extend_from_slice(self.protocol.as_bytes());
-        let _ = write!(out, "\" {} {} \"", self.status, self.bytes_out);
+        out.extend_from_slice(b"\" ");
+        num(out, u64::from(self.status));
+        out.push(b' ');
+        num(out, self.bytes_out as u64);
+        out.extend_from_slice(b" \"");
         text_bytes(out, self.host);
         out.extend_from_slice(b"\" \"");
         text_bytes(out, self.user_agent.unwrap_or(b"-"));
@@ -220,7 +224,9 @@ impl Entry<'_> {
             let _ = write!(out, " {key}=");
             text_bytes(out, value.unwrap_or(b"-"));
         }
-        let _ = write!(out, " bytes_in={} upstream_ms=", self.bytes_in);
+        out.extend_from_slice(b" bytes_in=");
+        num(out, self.bytes_in as u64);
+        out.extend_from_slice(b" upstream_ms=");
         match self.upstream {
             Some(d) => millis(out, d),
             None => out.push(b'-'),
@@ -229,7 +235,8 @@ impl Entry<'_> {
         millis(out, self.total);
         out.extend_from_slice(b" held_ms=");
         millis(out, self.held);
-        let _ = write!(out, " attempts={}", self.attempts);
+        out.extend_from_slice(b" attempts=");
+        num(out, self.attempts as u64);
         for (key, value) in [
             ("request_id", self.request_id),
             ("traceparent", self.traceparent),

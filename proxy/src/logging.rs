@@ -103,11 +103,18 @@ impl Limiter {
         }
         let now = Instant::now();
         let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-        let w = windows.entry(record.target().to_owned()).or_insert(Window {
-            start: now,
-            logged: 0,
-            left_out: 0,
-        });
+        // The source's name is copied once, not for every line it logs.
+        if !windows.contains_key(record.target()) {
+            let fresh = Window {
+                start: now,
+                logged: 0,
+                left_out: 0,
+            };
+            windows.insert(record.target().to_owned(), fresh);
+        }
+        let Some(w) = windows.get_mut(record.target()) else {
+            return Admit::Yes(None);
+        };
         let mut note = None;
         if now.duration_since(w.start) >= WINDOW {
             if w.left_out > 0 {

@@ -90,7 +90,8 @@ pub struct WeirProxy {
 
 /// Why a request ended without an upstream answer. [`Failure::status`] and
 /// [`Failure::body`] are the one place a failure becomes an answer
-/// (docs/behaviour.md#failures-and-status-codes).
+/// (docs/behaviour.md#failures-and-status-codes), but for [`Failure::Placeholder`], whose
+/// page and headers come from the route's config ([`placeholder_page`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Failure {
     /// No endpoint could be connected to, or the revision has none it can resolve: 502.
@@ -159,9 +160,7 @@ pub struct Ctx {
     /// Cookie affinity of this request, if its route has it.
     sticky: Option<Box<Sticky>>,
     stats: Option<StatsGuard>,
-    /// For the access log: the endpoint the request was sent to last,
-    endpoint: Option<SocketAddr>,
-    /// the time it waited for one,
+    /// For the access log: the time the request waited for an endpoint,
     held: Duration,
     /// when it was handed to the upstream connection, and how long the answer's head took,
     sent_at: Option<Instant>,
@@ -443,7 +442,6 @@ impl ProxyHttp for WeirProxy {
             failure: None,
             sticky: None,
             stats: None,
-            endpoint: None,
             held: Duration::ZERO,
             sent_at: None,
             upstream_time: None,
@@ -511,7 +509,6 @@ impl ProxyHttp for WeirProxy {
         if ctx.attempts < MAX_CONNECT_ATTEMPTS {
             ctx.tried[ctx.attempts] = Some(addr);
         }
-        ctx.endpoint = Some(addr);
         ctx.sent_at = Some(Instant::now());
         ctx.attempts += 1;
         let mut peer = HttpPeer::new(addr, false, String::new());
@@ -765,7 +762,11 @@ impl ProxyHttp for WeirProxy {
             status: code,
             namespace: ctx.revision.as_deref().map(|r| &*r.namespace),
             revision: ctx.revision.as_deref().map(|r| &*r.name),
-            endpoint: ctx.endpoint,
+            // The endpoint tried last.
+            endpoint: ctx.tried[..ctx.attempts.min(MAX_CONNECT_ATTEMPTS)]
+                .last()
+                .copied()
+                .flatten(),
             tag: ctx.tag.as_ref().map(HeaderValue::as_bytes),
             affinity: ctx.affinity,
             bytes_in: session.as_downstream().body_bytes_read(),

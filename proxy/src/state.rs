@@ -241,11 +241,11 @@ impl State {
         let snap = self.load();
         let objects = &snap.config.objects;
         let hold = match owner {
-            weir_config::Owner::Service(k) => objects.services.get(k)?.hold.clone(),
-            weir_config::Owner::Ingress(k) => objects.ingresses.get(k)?.hold.clone(),
+            weir_config::Owner::Service(k) => objects.services.get(k)?.hold.as_ref(),
+            weir_config::Owner::Ingress(k) => objects.ingresses.get(k)?.hold.as_ref(),
             weir_config::Owner::Readiness => None,
         };
-        let p = hold?.placeholder?;
+        let p = hold?.placeholder.as_ref()?;
         let html = self.placeholders.load().get(&p.html)?.clone();
         Some(LoadedPlaceholder {
             after: p.after.get()?,
