@@ -296,6 +296,9 @@ pub fn run(opts: ProxyOptions, rt: &tokio::runtime::Runtime, state: Arc<State>) 
         grace_period_seconds: Some(drain.as_secs_f64().ceil() as u64),
         graceful_shutdown_timeout_seconds: Some(1),
         upstream_keepalive_pool_size: 1024,
+        // Idle upstream connections swept every second rather than watched by a task each:
+        // no task, channel or allocation per request for the pool (vendor/pingora-core).
+        upstream_keepalive_sweep_ms: Some(1000),
         upgrade_sock: opts.upgrade_sock.to_string_lossy().into_owned(),
         ..ServerConf::default()
     };

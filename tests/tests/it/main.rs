@@ -17,6 +17,7 @@ mod hold;
 mod kourier;
 mod malformed;
 mod observability;
+mod pool;
 mod protocols;
 mod routing;
 mod signals;

@@ -15,6 +15,7 @@
 //! Connecting to servers
 
 pub mod http;
+mod idle;
 pub mod l4;
 #[cfg(feature = "any_tls")]
 mod tls;
@@ -110,6 +111,11 @@ pub struct ConnectorOptions {
     /// Optional callback for observing how long upstream connections stayed idle
     /// before leaving the keep-alive pool without reuse.
     pub keepalive_pool_callback: Option<PoolCallback>,
+    /// Sweep idle keep-alive connections every this often instead of watching each with a
+    /// task of its own (`None`, the default). A swept pool takes no task, channel or
+    /// allocation per returned connection and no wake-up per reuse; a connection its server
+    /// closed or wrote to is found at its reuse or by the next sweep, and is closed then.
+    pub keepalive_sweep_interval: Option<Duration>,
 }
 
 impl ConnectorOptions {
@@ -147,6 +153,9 @@ impl ConnectorOptions {
             bind_to_v4,
             bind_to_v6,
             keepalive_pool_callback: None,
+            keepalive_sweep_interval: server_conf
+                .upstream_keepalive_sweep_ms
+                .map(Duration::from_millis),
         }
     }
 
@@ -163,6 +172,7 @@ impl ConnectorOptions {
             bind_to_v4: vec![],
             bind_to_v6: vec![],
             keepalive_pool_callback: None,
+            keepalive_sweep_interval: None,
         }
     }
 }
@@ -171,6 +181,8 @@ impl ConnectorOptions {
 pub struct TransportConnector {
     tls_ctx: tls::Connector,
     connection_pool: Arc<ConnectionPool<Arc<Mutex<Stream>>>>,
+    /// Used instead of `connection_pool` when the options ask for a swept pool.
+    swept_pool: Option<Arc<idle::IdlePool>>,
     offload: Option<OffloadRuntime>,
     bind_to_v4: Vec<SocketAddr>,
     bind_to_v6: Vec<SocketAddr>,
@@ -201,14 +213,27 @@ impl TransportConnector {
         let keepalive_pool_callback = options
             .as_ref()
             .and_then(|o| o.keepalive_pool_callback.clone());
+        let unexpected_data_conn_count = Arc::new(AtomicU64::new(0));
+        let swept_pool = options
+            .as_ref()
+            .and_then(|o| o.keepalive_sweep_interval)
+            .map(|interval| {
+                Arc::new(idle::IdlePool::new(
+                    pool_size,
+                    interval,
+                    unexpected_data_conn_count.clone(),
+                    keepalive_pool_callback.clone(),
+                ))
+            });
         TransportConnector {
             tls_ctx: tls::Connector::new(options),
             connection_pool: Arc::new(ConnectionPool::new(pool_size)),
+            swept_pool,
             offload: offload.map(|v| OffloadRuntime::new("upstream connect offload", v.0, v.1)),
             bind_to_v4,
             bind_to_v6,
             preferred_http_version: PreferredHttpVersion::new(),
-            unexpected_data_conn_count: Arc::new(AtomicU64::new(0)),
+            unexpected_data_conn_count,
             keepalive_pool_callback,
         }
     }
@@ -249,6 +274,25 @@ impl TransportConnector {
 
     /// Try to find a reusable connection to the given server [Peer]
     pub async fn reused_stream<P: Peer + Send + Sync>(&self, peer: &P) -> Option<Stream> {
+        if let Some(pool) = &self.swept_pool {
+            let mut stream = pool.take(peer.reuse_hash())?;
+            #[cfg(unix)]
+            let matches = peer_matches(peer, &stream);
+            #[cfg(windows)]
+            let matches = {
+                use std::os::windows::io::{AsRawSocket, RawSocket};
+                struct WrappedRawSocket(RawSocket);
+                impl AsRawSocket for WrappedRawSocket {
+                    fn as_raw_socket(&self) -> RawSocket {
+                        self.0
+                    }
+                }
+                peer.matches_sock(WrappedRawSocket(stream.id() as RawSocket))
+            };
+            return (matches
+                && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count))
+            .then_some(stream);
+        }
         match self.connection_pool.get(&peer.reuse_hash()) {
             Some(s) => {
                 debug!("find reusable stream, trying to acquire it");
@@ -316,6 +360,10 @@ impl TransportConnector {
         idle_timeout: Option<Duration>,
     ) {
         if !test_reusable_stream(&mut stream, &self.unexpected_data_conn_count) {
+            return;
+        }
+        if let Some(pool) = &self.swept_pool {
+            pool.put(key, stream, idle_timeout);
             return;
         }
         let id = stream.id();

@@ -1,0 +1,188 @@
+//! Upstream keep-alive (docs/behaviour.md#upstream-connections): connections to an endpoint
+//! are reused, and an idle one its server closed or wrote to is closed by Weir, never
+//! reused, and never read as the next request's answer. Backends here are raw sockets, so
+//! that each test sees exactly which connection a request came on and when Weir closed it.
+
+use serde_json::json;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Notify};
+use weir_tests::{new_client, start_weir, Weir};
+
+const HOST: &str = "hello.default.example.com";
+
+/// What a backend connection does after answering its first request.
+#[derive(Clone, Copy)]
+enum Then {
+    /// Answer every further request on the connection.
+    KeepServing,
+    /// Close its side (FIN) and wait for the proxy to close too.
+    Close,
+    /// Write an answer nobody asked for and wait for the proxy to close.
+    WriteStray,
+}
+
+struct RawBackend {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    /// How long after the backend's close or stray write the proxy closed the connection.
+    proxy_closed: mpsc::UnboundedReceiver<Duration>,
+    /// Tells the first connection to close or write, once its answer has reached the client
+    /// (by then the proxy has the connection idle in its pool, not on the way there).
+    go: Arc<Notify>,
+}
+
+impl RawBackend {
+    /// A backend whose first connection does `first` and later ones keep serving; each
+    /// answer's body is `conn-N` (N counts connections from 1).
+    async fn start(first: Then) -> RawBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (tx, proxy_closed) = mpsc::unbounded_channel();
+        let go = Arc::new(Notify::new());
+        let (count, go2) = (accepted.clone(), go.clone());
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+                let then = if n == 1 { first } else { Then::KeepServing };
+                tokio::spawn(serve(s, n, then, tx.clone(), go2.clone()));
+            }
+        });
+        RawBackend {
+            addr,
+            accepted,
+            proxy_closed,
+            go,
+        }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+/// Read one request head; false when the connection ended first.
+async fn read_head(s: &mut TcpStream) -> bool {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    true
+}
+
+async fn serve(
+    mut s: TcpStream,
+    n: usize,
+    then: Then,
+    closed: mpsc::UnboundedSender<Duration>,
+    go: Arc<Notify>,
+) {
+    let body = format!("conn-{n}");
+    let answer = format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    loop {
+        if !read_head(&mut s).await {
+            return;
+        }
+        s.write_all(answer.as_bytes()).await.unwrap();
+        if matches!(then, Then::KeepServing) {
+            continue;
+        }
+        go.notified().await;
+        match then {
+            Then::KeepServing => unreachable!(),
+            Then::Close => s.shutdown().await.unwrap(),
+            Then::WriteStray => s
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstray")
+                .await
+                .unwrap(),
+        }
+        // Wait (bounded) for the proxy to close its side: a read of 0 bytes, or a reset when
+        // it closed with the stray bytes unread.
+        let since = Instant::now();
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await;
+        if let Ok(Ok(0) | Err(_)) = read {
+            let _ = closed.send(since.elapsed());
+        }
+        return;
+    }
+}
+
+fn weir_for(backend: &RawBackend) -> Weir {
+    start_weir!(json!({
+        "services": [{"name": "hello", "traffic": [{"revision": "hello-00001", "percent": 100}]}],
+        "revisions": [{"name": "hello-00001", "endpoints": [backend.addr.to_string()]}],
+    }))
+}
+
+async fn body_of(client: &reqwest::Client, weir: &Weir) -> String {
+    let r = client
+        .get(format!("{}/", weir.http_url()))
+        .header("Host", HOST)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.text().await.unwrap()
+}
+
+#[tokio::test]
+async fn requests_reuse_one_upstream_connection() {
+    let backend = RawBackend::start(Then::KeepServing).await;
+    let weir = weir_for(&backend);
+    let client = new_client();
+    for _ in 0..50 {
+        assert_eq!(body_of(&client, &weir).await, "conn-1");
+    }
+    // Fresh client connections too: the upstream connection outlives them.
+    for _ in 0..5 {
+        assert_eq!(body_of(&new_client(), &weir).await, "conn-1");
+    }
+    assert_eq!(backend.accepted(), 1);
+}
+
+#[tokio::test]
+async fn an_idle_connection_its_server_closed_is_closed_and_replaced() {
+    let mut backend = RawBackend::start(Then::Close).await;
+    let weir = weir_for(&backend);
+    let client = new_client();
+    assert_eq!(body_of(&client, &weir).await, "conn-1");
+    backend.go.notify_one();
+    // Nothing is sent: Weir notices the close on its idle connection by itself (its sweep
+    // runs every second) and closes its side.
+    let after = tokio::time::timeout(Duration::from_secs(5), backend.proxy_closed.recv())
+        .await
+        .expect("Weir did not close an idle connection its server had closed within 5 s")
+        .unwrap();
+    assert!(after < Duration::from_secs(5), "{after:?}");
+    assert_eq!(body_of(&client, &weir).await, "conn-2");
+    assert_eq!(backend.accepted(), 2);
+}
+
+#[tokio::test]
+async fn bytes_on_an_idle_connection_close_it_and_are_never_an_answer() {
+    let mut backend = RawBackend::start(Then::WriteStray).await;
+    let weir = weir_for(&backend);
+    let client = new_client();
+    assert_eq!(body_of(&client, &weir).await, "conn-1");
+    backend.go.notify_one();
+    tokio::time::timeout(Duration::from_secs(5), backend.proxy_closed.recv())
+        .await
+        .expect("Weir did not close an idle connection with unexpected data within 5 s")
+        .unwrap();
+    // The next request goes on a new connection and gets that connection's answer.
+    assert_eq!(body_of(&client, &weir).await, "conn-2");
+    assert_eq!(backend.accepted(), 2);
+}
