@@ -40,6 +40,11 @@ impl RawBackend {
     /// A backend whose first connection does `first` and later ones keep serving; each
     /// answer's body is `conn-N` (N counts connections from 1).
     async fn start(first: Then) -> RawBackend {
+        RawBackend::start_with(first, plain).await
+    }
+
+    /// The same with each answer written by `answer` from its body.
+    async fn start_with(first: Then, answer: Answer) -> RawBackend {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -50,7 +55,7 @@ impl RawBackend {
             while let Ok((s, _)) = listener.accept().await {
                 let n = count.fetch_add(1, Ordering::SeqCst) + 1;
                 let then = if n == 1 { first } else { Then::KeepServing };
-                tokio::spawn(serve(s, n, then, tx.clone(), go2.clone()));
+                tokio::spawn(serve(s, n, then, answer, tx.clone(), go2.clone()));
             }
         });
         RawBackend {
@@ -64,6 +69,17 @@ impl RawBackend {
     fn accepted(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
     }
+}
+
+/// Writes a whole answer around its body.
+type Answer = fn(&str) -> String;
+
+/// An HTTP/1.1 answer with a Content-Length.
+fn plain(body: &str) -> String {
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
 }
 
 /// Read one request head; false when the connection ended first.
@@ -83,14 +99,11 @@ async fn serve(
     mut s: TcpStream,
     n: usize,
     then: Then,
+    answer: Answer,
     closed: mpsc::UnboundedSender<Duration>,
     go: Arc<Notify>,
 ) {
-    let body = format!("conn-{n}");
-    let answer = format!(
-        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
+    let answer = answer(&format!("conn-{n}"));
     loop {
         if !read_head(&mut s).await {
             return;
@@ -185,4 +198,61 @@ async fn bytes_on_an_idle_connection_close_it_and_are_never_an_answer() {
     // The next request goes on a new connection and gets that connection's answer.
     assert_eq!(body_of(&client, &weir).await, "conn-2");
     assert_eq!(backend.accepted(), 2);
+}
+
+/// Whether Weir reuses a connection after an answer follows what the answer's head says
+/// (its version, `Connection`, framing), not whether the server happens to close: these
+/// backends keep every connection open and answer every request on it.
+#[tokio::test]
+async fn reuse_follows_the_answer_head() {
+    let cases: [(&str, Answer, usize); 5] = [
+        ("HTTP/1.1", plain, 1),
+        (
+            "HTTP/1.1, Connection: close",
+            |b| {
+                format!(
+                    "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{b}",
+                    b.len()
+                )
+            },
+            3,
+        ),
+        (
+            "HTTP/1.0",
+            |b| format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{b}", b.len()),
+            3,
+        ),
+        (
+            "HTTP/1.0, Connection: keep-alive, Keep-Alive: timeout=30",
+            |b| {
+                format!(
+                    "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=30\r\n\
+                     Content-Length: {}\r\n\r\n{b}",
+                    b.len()
+                )
+            },
+            1,
+        ),
+        (
+            "HTTP/1.1, chunked",
+            |b| {
+                format!(
+                    "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{b}\r\n0\r\n\r\n",
+                    b.len()
+                )
+            },
+            1,
+        ),
+    ];
+    for (what, answer, connections) in cases {
+        let backend = RawBackend::start_with(Then::KeepServing, answer).await;
+        let weir = weir_for(&backend);
+        let client = new_client();
+        for i in 1..=3 {
+            let body = body_of(&client, &weir).await;
+            let expected = if connections == 1 { 1 } else { i };
+            assert_eq!(body, format!("conn-{expected}"), "{what}: request {i}");
+        }
+        assert_eq!(backend.accepted(), connections, "{what}");
+    }
 }
