@@ -1013,6 +1013,22 @@ async fn proxy_protocol_and_trusted_hops() {
         resp.upstream_header("x-forwarded-for").as_deref(),
         Some("203.0.113.7")
     );
+    // Kept alive: every request on the connection has the header's source, not only the
+    // first (the next session on a connection takes over the previous one's digest).
+    let kept = kept_alive_requests(
+        r.ports.http,
+        b"PROXY TCP4 203.0.113.8 10.0.0.1 51000 8080\r\n",
+        &host("hello"),
+        3,
+    )
+    .await;
+    for (i, resp) in kept.iter().enumerate() {
+        assert!(resp.starts_with("HTTP/1.1 200"), "request {i}: {resp}");
+        assert!(
+            resp.contains("\"x-forwarded-for\":\"203.0.113.8\""),
+            "request {i}: {resp}"
+        );
+    }
     // v2, IPv6 source.
     let mut v2 = b"\r\n\r\n\0\r\nQUIT\n\x21\x21\x00\x24".to_vec();
     let mut src = [0u8; 16];
@@ -1074,6 +1090,44 @@ async fn raw_bytes(addr: SocketAddr, bytes: &[u8]) -> String {
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Writes `prefix`, then `n` GETs for `host` on one connection, each after the previous
+/// answer (read by its Content-Length) came back; the answers, head and body.
+async fn kept_alive_requests(addr: SocketAddr, prefix: &[u8], host: &str, n: usize) -> Vec<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(prefix).await.expect("write");
+    let mut answers = Vec::new();
+    let mut buf = Vec::new();
+    for _ in 0..n {
+        let req = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        s.write_all(req.as_bytes()).await.expect("write");
+        let read = async {
+            loop {
+                if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().expect("content-length"));
+                    if buf.len() >= end + 4 + len {
+                        let answer: Vec<u8> = buf.drain(..end + 4 + len).collect();
+                        return String::from_utf8_lossy(&answer).into_owned();
+                    }
+                }
+                let mut chunk = [0u8; 4096];
+                let got = s.read(&mut chunk).await.expect("read");
+                assert!(got > 0, "closed after {} answers", answers.len());
+                buf.extend_from_slice(&chunk[..got]);
+            }
+        };
+        let answer = tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .expect("an answer within 10 s");
+        answers.push(answer);
+    }
+    answers
 }
 
 // === benchmark: a fleet of gateways at 1,000 KIngresses ===

@@ -230,6 +230,8 @@ impl HttpPersistentSettings {
 pub struct ReusedHttpStream {
     stream: Stream,
     persistent_settings: Option<HttpPersistentSettings>,
+    /// The finished session's digest, for the next session on the stream.
+    digest: Option<Box<Digest>>,
 }
 
 impl ReusedHttpStream {
@@ -237,20 +239,24 @@ impl ReusedHttpStream {
         ReusedHttpStream {
             stream,
             persistent_settings,
+            digest: None,
         }
     }
 
     /// Build a reusable HTTP stream from a finished session, preserving any
     /// pipelined prefix bytes in the persistent settings for the next request.
     pub fn from_reusable_stream(
-        reusable: ReusableHttpStream,
+        mut reusable: ReusableHttpStream,
         mut persistent_settings: HttpPersistentSettings,
     ) -> Self {
+        let digest = reusable.digest.take();
         let (stream, pipelined_prefix) = reusable.into_parts();
         if let Some(prefix) = pipelined_prefix {
             persistent_settings.set_pipelined_prefix(prefix);
         }
-        Self::new(stream, Some(persistent_settings))
+        let mut reused = Self::new(stream, Some(persistent_settings));
+        reused.digest = digest;
+        reused
     }
 
     pub fn consume(self) -> (Stream, Option<HttpPersistentSettings>) {
@@ -447,8 +453,13 @@ where
             session.set_header_read_deadline(first_deadline);
 
             let mut result = self.process_new_http(session, shutdown).await;
-            while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {
-                let mut session = ServerSession::new_http1(stream);
+            while let Some(ReusedHttpStream {
+                stream,
+                persistent_settings,
+                digest,
+            }) = result
+            {
+                let mut session = ServerSession::new_http1_reused(stream, digest);
                 if let Some(persistent_settings) = persistent_settings {
                     persistent_settings.apply_to_session(&mut session);
                 }

@@ -35,6 +35,9 @@ use std::time::Duration;
 pub struct ReusableHttpStream {
     stream: Stream,
     pipelined_prefix: Option<BytesMut>,
+    /// The finished session's digest: it describes the connection, not the request, so the
+    /// next session on the stream takes it instead of building (allocating) its own.
+    pub(crate) digest: Option<Box<Digest>>,
 }
 
 impl ReusableHttpStream {
@@ -42,6 +45,7 @@ impl ReusableHttpStream {
         Self {
             stream,
             pipelined_prefix,
+            digest: None,
         }
     }
 
@@ -64,6 +68,12 @@ impl Session {
     /// Create a new [`Session`] from an established connection for HTTP/1.x
     pub fn new_http1(stream: Stream) -> Self {
         Self::H1(SessionV1::new(stream))
+    }
+
+    /// [`Self::new_http1`] for the next request on a kept-alive connection, with the digest
+    /// of the connection's previous session when there is one.
+    pub(crate) fn new_http1_reused(stream: Stream, digest: Option<Box<Digest>>) -> Self {
+        Self::H1(SessionV1::new_with_digest(stream, digest))
     }
 
     /// Create a new [`Session`] from an established HTTP/2 stream

@@ -173,12 +173,19 @@ impl HttpSession {
     /// The created session needs to call [`Self::read_request()`] first before performing
     /// any other operations.
     pub fn new(underlying_stream: Stream) -> Self {
-        // TODO: maybe we should put digest in the connection itself
-        let digest = Box::new(Digest {
-            ssl_digest: underlying_stream.get_ssl_digest(),
-            timing_digest: underlying_stream.get_timing_digest(),
-            proxy_digest: underlying_stream.get_proxy_digest(),
-            socket_digest: underlying_stream.get_socket_digest(),
+        Self::new_with_digest(underlying_stream, None)
+    }
+
+    /// [`Self::new`] with the digest of a previous session on the same stream (which
+    /// describes the connection, so it is the same), or a new one when `None`.
+    pub(crate) fn new_with_digest(underlying_stream: Stream, digest: Option<Box<Digest>>) -> Self {
+        let digest = digest.unwrap_or_else(|| {
+            Box::new(Digest {
+                ssl_digest: underlying_stream.get_ssl_digest(),
+                timing_digest: underlying_stream.get_timing_digest(),
+                proxy_digest: underlying_stream.get_proxy_digest(),
+                socket_digest: underlying_stream.get_socket_digest(),
+            })
         });
 
         HttpSession {
@@ -1527,10 +1534,9 @@ impl HttpSession {
                     .then(|| self.take_body_overread())
                     .flatten()
                     .filter(|prefix| !prefix.is_empty());
-                Ok(Some(ReusableHttpStream::new(
-                    self.underlying_stream,
-                    pipelined_prefix,
-                )))
+                let mut reusable = ReusableHttpStream::new(self.underlying_stream, pipelined_prefix);
+                reusable.digest = Some(self.digest);
+                Ok(Some(reusable))
             }
         }
     }
