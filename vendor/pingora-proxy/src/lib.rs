@@ -1617,8 +1617,11 @@ where
 
         // Boxed on its own: this future is ~14 KB, and inline it would make the whole
         // `process_new_http` future that large for as long as a kept-alive connection waits
-        // for its next request (every idle connection would hold it).
-        Box::pin(self.process_request(session, ctx)).await
+        // for its next request (every idle connection would hold it). The box is allocated
+        // before the future is made, so that the future is made in it: `Box::pin(future)`
+        // made it on the stack and copied all of it into the box on every request.
+        let boxed = Box::new_uninit();
+        Box::into_pin(Box::write(boxed, self.process_request(session, ctx))).await
     }
 
     async fn http_cleanup(&self) {
