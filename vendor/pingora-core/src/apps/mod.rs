@@ -246,17 +246,22 @@ impl ReusedHttpStream {
     /// Build a reusable HTTP stream from a finished session, preserving any
     /// pipelined prefix bytes in the persistent settings for the next request.
     pub fn from_reusable_stream(
-        mut reusable: ReusableHttpStream,
+        reusable: ReusableHttpStream,
         mut persistent_settings: HttpPersistentSettings,
     ) -> Self {
-        let digest = reusable.digest.take();
-        let (stream, pipelined_prefix) = reusable.into_parts();
+        let ReusableHttpStream {
+            stream,
+            pipelined_prefix,
+            digest,
+        } = reusable;
         if let Some(prefix) = pipelined_prefix {
             persistent_settings.set_pipelined_prefix(prefix);
         }
-        let mut reused = Self::new(stream, Some(persistent_settings));
-        reused.digest = digest;
-        reused
+        ReusedHttpStream {
+            stream,
+            persistent_settings: Some(persistent_settings),
+            digest,
+        }
     }
 
     pub fn consume(self) -> (Stream, Option<HttpPersistentSettings>) {

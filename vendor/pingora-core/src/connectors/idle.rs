@@ -65,7 +65,6 @@ struct Slab {
     keys: HashMap<u64, Ends>,
     oldest: u32,
     newest: u32,
-    len: usize,
 }
 
 impl Slab {
@@ -76,8 +75,12 @@ impl Slab {
             keys: HashMap::new(),
             oldest: NIL,
             newest: NIL,
-            len: 0,
         }
+    }
+
+    /// Streams held: every slot not on the free list.
+    fn len(&self) -> usize {
+        self.slots.len() - self.free.len()
     }
 
     fn push(&mut self, key: u64, stream: Stream, since: Instant, deadline: Option<Instant>) {
@@ -123,7 +126,6 @@ impl Slab {
                 );
             }
         }
-        self.len += 1;
     }
 
     /// Unlink a slot from both lists and free it, giving back its stream and idle start.
@@ -159,7 +161,6 @@ impl Slab {
             }
         }
         self.free.push(idx);
-        self.len -= 1;
         let slot = &mut self.slots[idx as usize];
         let stream = slot.stream.take().expect("a linked slot holds a stream");
         (stream, slot.since)
@@ -202,7 +203,7 @@ impl IdlePool {
         let now = Instant::now();
         let evicted = {
             let mut slab = self.slab.lock();
-            let evicted = if slab.len >= self.limit {
+            let evicted = if slab.len() >= self.limit {
                 let oldest = slab.oldest;
                 Some(slab.remove(oldest))
             } else {
@@ -288,7 +289,7 @@ impl IdlePool {
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.slab.lock().len
+        self.slab.lock().len()
     }
 }
 
@@ -438,7 +439,7 @@ mod tests {
             assert_eq!(slab.remove(2).0.id(), ids[2]);
             assert_eq!(slab.remove(0).0.id(), ids[0]);
             assert_eq!(slab.remove(5).0.id(), ids[5]);
-            assert_eq!(slab.len, 3);
+            assert_eq!(slab.len(), 3);
             assert_eq!(slab.oldest, 1);
             assert_eq!(slab.newest, 4);
             let k0 = slab.keys[&0];

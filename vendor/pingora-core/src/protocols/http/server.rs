@@ -33,19 +33,23 @@ use std::time::Duration;
 /// A reusable HTTP/1.x stream and bytes already read for the next request.
 #[derive(Debug)]
 pub struct ReusableHttpStream {
-    stream: Stream,
-    pipelined_prefix: Option<BytesMut>,
+    pub(crate) stream: Stream,
+    pub(crate) pipelined_prefix: Option<BytesMut>,
     /// The finished session's digest: it describes the connection, not the request, so the
     /// next session on the stream takes it instead of building (allocating) its own.
     pub(crate) digest: Option<Box<Digest>>,
 }
 
 impl ReusableHttpStream {
-    pub(crate) fn new(stream: Stream, pipelined_prefix: Option<BytesMut>) -> Self {
+    pub(crate) fn new(
+        stream: Stream,
+        pipelined_prefix: Option<BytesMut>,
+        digest: Option<Box<Digest>>,
+    ) -> Self {
         Self {
             stream,
             pipelined_prefix,
-            digest: None,
+            digest,
         }
     }
 

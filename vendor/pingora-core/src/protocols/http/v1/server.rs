@@ -1534,9 +1534,11 @@ impl HttpSession {
                     .then(|| self.take_body_overread())
                     .flatten()
                     .filter(|prefix| !prefix.is_empty());
-                let mut reusable = ReusableHttpStream::new(self.underlying_stream, pipelined_prefix);
-                reusable.digest = Some(self.digest);
-                Ok(Some(reusable))
+                Ok(Some(ReusableHttpStream::new(
+                    self.underlying_stream,
+                    pipelined_prefix,
+                    Some(self.digest),
+                )))
             }
         }
     }
