@@ -4,7 +4,7 @@ noise: instructions (valgrind callgrind), heap allocations (valgrind DHAT), sysc
 and context switches (/proc), per request, for Weir, a bare pingora proxy and haproxy.
 
     benches/request_cost.py [--requests 2000]
-                            [--targets weir,weir-no-access-log,bare-pingora,haproxy]
+                            [--targets weir,weir-no-access-log,weir-fast,bare-pingora,haproxy]
                             [--weir target/release/weir] [--bare target/release/bare_pingora]
                             [--measures instructions,allocations,syscalls,switches]
 
@@ -140,13 +140,18 @@ def wait_ready(port, timeout=120):
 
 # --- targets ---------------------------------------------------------------------------
 
+# Weir with the access log on or off, through pingora's proxy or its own fast path
+# (`--fast-path`).
+WEIR_TARGETS = ("weir", "weir-no-access-log", "weir-fast", "weir-fast-no-access-log")
+
 def target_cmd(name, args, port, backends, scratch):
     b1, b2 = (f"127.0.0.1:{p}" for p in backends)
-    if name in ("weir", "weir-no-access-log"):
+    if name in WEIR_TARGETS:
         cfg = os.path.join(scratch, f"{name}.yaml")
         # "weir" is the default config: the access log on, JSON lines to stdout (here
         # /dev/null: its writes cost what writes to a pipe or a file's page cache do).
-        log = "access_log: off\n" if name == "weir-no-access-log" else ""
+        log = "access_log: off\n" if name.endswith("no-access-log") else ""
+        fast = ["--fast-path"] if name.startswith("weir-fast") else []
         with open(cfg, "w") as f:
             f.write(log + f"""services:
   - name: hello
@@ -157,7 +162,8 @@ revisions:
 """)
         admin = free_port()
         return [args.weir, "proxy", "--config", cfg, "--http", f"127.0.0.1:{port}",
-                "--admin", f"127.0.0.1:{admin}", "--threads", "1", "--log-level", "error"]
+                "--admin", f"127.0.0.1:{admin}", "--threads", "1", "--log-level", "error",
+                *fast]
     if name == "bare-pingora":
         return [args.bare, f"127.0.0.1:{port}", HOST, b1, b2]
     if name == "haproxy":
@@ -221,7 +227,7 @@ def switches(pid):
 def valgrind_run(tool, name, args, backends, scratch, count, out, extra=()):
     """Runs the target under a valgrind tool for warm-up + `count` requests; waits for exit."""
     port = free_port()
-    binary = {"weir": args.weir_sysalloc, "weir-no-access-log": args.weir_sysalloc,
+    binary = {**{t: args.weir_sysalloc for t in WEIR_TARGETS},
               "bare-pingora": args.bare_sysalloc}.get(name) \
         if tool == "dhat" else None
     sub = argparse.Namespace(**{**vars(args), **({"weir": binary, "bare": binary} if binary else {})})
@@ -337,8 +343,7 @@ def main():
     if "haproxy" in targets and not ensure("haproxy", "haproxy"):
         print("haproxy could not be installed: skipped", file=sys.stderr)
         targets.remove("haproxy")
-    for t, path in (("weir", args.weir), ("weir-no-access-log", args.weir),
-                    ("bare-pingora", args.bare)):
+    for t, path in (*((w, args.weir) for w in WEIR_TARGETS), ("bare-pingora", args.bare)):
         if t in targets and not os.path.exists(path):
             raise SystemExit(f"{path} is missing: cargo build --release --bin weir --bin bare_pingora")
     if "allocations" in measures and not (os.path.exists(args.weir_sysalloc)

@@ -108,6 +108,11 @@ struct ProxyArgs {
     /// directory under the temp dir, weir-UID/upgrade.sock).
     #[arg(long, value_name = "PATH")]
     upgrade_sock: Option<PathBuf>,
+    /// Serve plain HTTP/1 requests (no body, not an upgrade, a free endpoint, no cookie
+    /// affinity) in Weir's own request loop instead of pingora's proxy state machine
+    /// (experimental; docs/performance.md).
+    #[arg(long)]
+    fast_path: bool,
 }
 
 #[derive(Args, Debug)]
@@ -344,6 +349,7 @@ fn proxy(args: ProxyArgs) -> ExitCode {
         pod_name,
         xds,
         upgrade: args.upgrade,
+        fast_path: args.fast_path,
         upgrade_sock: args
             .upgrade_sock
             .unwrap_or_else(server::default_upgrade_sock),

@@ -121,6 +121,7 @@ Ctrl-C stops everything.
             pod_name: "weir-demo".into(),
             xds: None,
             upgrade: false,
+            fast_path: false,
             upgrade_sock: server::default_upgrade_sock(),
         },
         &rt,

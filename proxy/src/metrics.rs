@@ -29,6 +29,7 @@ pub struct Metrics {
     pub held_memory_bytes: IntGauge,
     pub access_log_dropped: IntCounter,
     pub access_log_written: IntCounter,
+    pub fast_path_requests: IntCounter,
     /// The listeners' connection limit and the held-request budget, read when rendering.
     pub edge: std::sync::OnceLock<EdgeGauges>,
 }
@@ -175,6 +176,12 @@ impl Metrics {
                 "Access log lines written.",
             )
             .expect("metric"),
+            fast_path_requests: IntCounter::new(
+                "weir_fast_path_requests_total",
+                "Requests served by Weir's own HTTP/1 loop (--fast-path) rather than pingora's \
+                 proxy state machine.",
+            )
+            .expect("metric"),
             edge: std::sync::OnceLock::new(),
             registry,
         };
@@ -198,6 +205,7 @@ impl Metrics {
             Box::new(m.held_memory_bytes.clone()),
             Box::new(m.access_log_dropped.clone()),
             Box::new(m.access_log_written.clone()),
+            Box::new(m.fast_path_requests.clone()),
         ] {
             r.register(c).expect("metric names are unique");
         }

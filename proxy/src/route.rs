@@ -16,6 +16,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
+use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora::proxy::FailToProxy;
 use weir_config::model::Protocol;
@@ -23,6 +24,9 @@ use weir_config::Listener;
 
 use crate::revision::{HoldError, Revision, Slot};
 use crate::state::State;
+
+mod fast;
+pub use fast::WeirApp;
 
 /// How long a connect to an endpoint may take before the next endpoint is tried.
 /// This bounds only the dial: a request that reached a backend is never timed out.
@@ -76,6 +80,7 @@ impl Drop for ActiveGuard {
 }
 
 /// The proxy of one kind of listener (external or internal, plain or TLS).
+#[derive(Clone)]
 pub struct WeirProxy {
     pub state: Arc<State>,
     pub listener: Listener,
@@ -144,6 +149,17 @@ impl Failure {
     }
 }
 
+impl From<HoldError> for Failure {
+    fn from(e: HoldError) -> Self {
+        match e {
+            HoldError::QueueFull => Failure::QueueFull,
+            HoldError::Timeout => Failure::HoldTimeout,
+            HoldError::Unresolved => Failure::Connect,
+            HoldError::Overloaded => Failure::Overloaded("held_memory"),
+        }
+    }
+}
+
 /// Per-request state.
 pub struct Ctx {
     start: Instant,
@@ -191,6 +207,9 @@ struct Sticky {
     endpoint: Option<SocketAddr>,
 }
 
+/// A routed request, borrowing the snapshot it was routed in.
+type Routed<'s> = weir_config::request::Routed<'s, Arc<Revision>>;
+
 /// What routing decided, before any response is written.
 enum Decision {
     Proxy,
@@ -206,20 +225,38 @@ impl WeirProxy {
     /// The routing decision (`weir_config::request::decide`) and what it means here: the
     /// revision's run-time state, Knative's probe, the request's accounting.
     fn route(&self, req: &RequestHeader, ctx: &mut Ctx) -> Decision {
-        use weir_config::request::{self, Decision as Decided};
         let snap = self.state.load();
+        match self.decide(req, &snap) {
+            Ok(routed) => {
+                self.admit(req, routed, ctx);
+                Decision::Proxy
+            }
+            Err(decision) => decision,
+        }
+    }
+
+    /// Where a request goes, with no effect on anything: the route, or the answer it gets
+    /// here instead.
+    fn decide<'s>(
+        &self,
+        req: &RequestHeader,
+        snap: &'s crate::state::Snapshot,
+    ) -> Result<Routed<'s>, Decision> {
+        use weir_config::request::{self, Decision as Decided};
         if let Some((code, why)) = request::refused(req, &snap.settings().limits) {
-            return Decision::Respond(code, why.into());
+            return Err(Decision::Respond(code, why.into()));
         }
         let https = self.scheme.as_bytes() == b"https";
         let routed = match request::decide(req, &snap.config.table, self.listener, https) {
             Decided::Route(r) => r,
-            Decided::Respond(code, body) => return Decision::Respond(code, body),
-            Decided::Redirect(url) => return Decision::Redirect(url),
+            Decided::Respond(code, body) => return Err(Decision::Respond(code, body)),
+            Decided::Redirect(url) => return Err(Decision::Redirect(url)),
             Decided::Readiness if self.state.is_ready() => {
-                return Decision::Respond(200, "ready\n".into())
+                return Err(Decision::Respond(200, "ready\n".into()))
             }
-            Decided::Readiness => return Decision::Respond(503, "no config in force yet\n".into()),
+            Decided::Readiness => {
+                return Err(Decision::Respond(503, "no config in force yet\n".into()))
+            }
         };
         let (rule, target) = (routed.rule, routed.target);
         let rev = &target.revision;
@@ -234,14 +271,22 @@ impl WeirProxy {
                 .map(|(_, v)| v.clone())
                 .next_back()
                 .or_else(|| req.headers.get(&HASH_HEADER).cloned());
-            return match hash.filter(|h| !h.is_empty()) {
+            return Err(match hash.filter(|h| !h.is_empty()) {
                 Some(h) => Decision::Probe(h),
                 None => Decision::Respond(
                     400,
                     "a probe request must contain a non-empty \"K-Network-Hash\" header\n".into(),
                 ),
-            };
+            });
         }
+        Ok(routed)
+    }
+
+    /// Takes in a routed request: counts it in its revision's concurrency and keeps in `ctx`
+    /// what the later phases need.
+    fn admit(&self, req: &RequestHeader, routed: Routed<'_>, ctx: &mut Ctx) {
+        let (rule, target) = (routed.rule, routed.target);
+        let rev = &target.revision;
         // A client's claim to be the activator counts only from inside the cluster.
         let proxied = self.listener == Listener::Internal
             && req
@@ -280,7 +325,232 @@ impl WeirProxy {
                 endpoint: None,
             })
         });
-        Decision::Proxy
+    }
+
+    /// The upstream request's headers (docs/behaviour.md#upstream-request-headers).
+    fn upstream_headers(
+        &self,
+        downstream: &ServerSession,
+        req: &mut RequestHeader,
+        ctx: &Ctx,
+    ) -> Result<()> {
+        strip_hop_by_hop(req, downstream.is_upgrade_req());
+        if let Some(rev) = &ctx.revision {
+            req.insert_header_parsed(
+                &REVISION_HEADER,
+                REVISION_WIRE.clone(),
+                rev.name_value.clone(),
+            );
+            req.insert_header_parsed(
+                &NAMESPACE_HEADER,
+                NAMESPACE_WIRE.clone(),
+                rev.namespace_value.clone(),
+            );
+        }
+        if let Some(tag) = &ctx.tag {
+            req.insert_header_parsed(&TAG_HEADER, TAG_WIRE.clone(), tag.clone());
+        }
+        let snap = self.state.load();
+        let fwd = &snap.settings().forwarded;
+        if fwd.use_remote_address {
+            if let Some(PingoraAddr::Inet(addr)) = downstream.client_addr() {
+                let xff = forwarded_for(req.headers.get(&XFF), addr.ip());
+                req.insert_header_parsed(&XFF, XFF_WIRE.clone(), xff);
+            }
+        }
+        // Envoy's rule: a trusted hop's X-Forwarded-Proto stands (a TLS-terminating load
+        // balancer's "https"); otherwise it is this listener's scheme.
+        if fwd.trusted_hops == 0 || !req.headers.contains_key(&XFP) {
+            req.insert_header_parsed(&XFP, XFP_WIRE.clone(), self.scheme.clone());
+        }
+        drop(snap);
+        if self.reporting {
+            req.insert_header_parsed(&PROXY_HEADER, PROXY_WIRE.clone(), ACTIVATOR.clone());
+        } else if self.listener == Listener::External {
+            // A client must not pass itself off as the activator to queue-proxy.
+            req.remove_header(&PROXY_HEADER);
+        }
+        for headers in [&ctx.pre_headers, &ctx.post_headers].into_iter().flatten() {
+            for (name, value) in headers.iter() {
+                req.insert_header(name.clone(), value.clone())?;
+            }
+        }
+        if let Some(host) = &ctx.rewrite_host {
+            req.insert_header(header::HOST, host.clone())?;
+        }
+        Ok(())
+    }
+
+    /// The answer's head on its way to the client: closes near `max_connections`, sets the
+    /// affinity cookie.
+    fn response_headers(
+        &self,
+        downstream: &mut ServerSession,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.upstream_time = ctx.sent_at.map(|t| t.elapsed());
+        if self.state.edge.connections_near_limit() {
+            // Near max_connections: close after this answer so slots turn over and clients
+            // waiting in the backlog get in (Envoy's overload action "disable keepalive").
+            downstream.set_keepalive(None);
+        }
+        if let Some(sticky) = ctx.sticky.as_ref().filter(|s| s.decided.must_set) {
+            let d = &sticky.decided;
+            let value = match sticky.endpoint.filter(|_| d.instance) {
+                Some(ep) => format!("{}/{ep}", sticky.revision),
+                None => sticky.revision.to_string(),
+            };
+            let cookie = format!(
+                "{}={value}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax",
+                d.cookie, d.max_age_secs
+            );
+            resp.append_header(header::SET_COOKIE, cookie)?;
+        }
+        Ok(())
+    }
+
+    /// A request's end: frees its slot, counts it, writes its access log line.
+    fn log(&self, session: &ServerSession, e: Option<&Error>, ctx: &mut Ctx) {
+        ctx.slot = None;
+        let code = match session.response_written() {
+            Some(r) => r.status.as_u16(),
+            // nginx's "client closed request"
+            None => 499,
+        };
+        let total = ctx.start.elapsed();
+        match &ctx.revision {
+            Some(rev) => {
+                rev.count_response(code);
+                rev.duration_histogram().observe(total.as_secs_f64());
+            }
+            None => self.state.metrics.request_counter("", "", code).inc(),
+        }
+        let snap = self.state.load();
+        let settings = &snap.settings().access_log;
+        if !settings.enabled || (settings.sample < 1.0 && rand::random::<f64>() >= settings.sample)
+        {
+            return;
+        }
+        let format = if settings.format == "text" {
+            crate::access_log::Format::Text
+        } else {
+            crate::access_log::Format::Json
+        };
+        drop(snap);
+        let pingora_error;
+        let error = match (ctx.failure, e) {
+            (Some(f), _) => Some(f.name()),
+            (None, Some(e)) => {
+                pingora_error = format!("{} {}", e.esource().as_str(), e.etype().as_str());
+                Some(pingora_error.as_str())
+            }
+            (None, None) => None,
+        };
+        let req = session.req_header();
+        let header = |name: &HeaderName| req.headers.get(name).map(HeaderValue::as_bytes);
+        let entry = crate::access_log::Entry {
+            start: std::time::SystemTime::now().checked_sub(total),
+            client: match session.client_addr() {
+                Some(PingoraAddr::Inet(a)) => Some(*a),
+                _ => None,
+            },
+            method: req.method.as_str(),
+            host: req
+                .headers
+                .get(header::HOST)
+                .map(HeaderValue::as_bytes)
+                .or_else(|| req.uri.authority().map(|a| a.as_str().as_bytes()))
+                .unwrap_or_default(),
+            path: req.uri.path_and_query().map_or("", |p| p.as_str()),
+            protocol: match req.version {
+                http::Version::HTTP_10 => "HTTP/1.0",
+                http::Version::HTTP_2 => "HTTP/2",
+                _ => "HTTP/1.1",
+            },
+            status: code,
+            namespace: ctx.revision.as_deref().map(|r| &*r.namespace),
+            revision: ctx.revision.as_deref().map(|r| &*r.name),
+            // The endpoint tried last.
+            endpoint: ctx.tried[..ctx.attempts.min(MAX_CONNECT_ATTEMPTS)]
+                .last()
+                .copied()
+                .flatten(),
+            tag: ctx.tag.as_ref().map(HeaderValue::as_bytes),
+            affinity: ctx.affinity,
+            bytes_in: session.body_bytes_read(),
+            bytes_out: session.body_bytes_sent(),
+            upstream: ctx.upstream_time,
+            total,
+            held: ctx.held,
+            attempts: ctx.attempts,
+            request_id: header(&REQUEST_ID),
+            traceparent: header(&TRACEPARENT),
+            user_agent: header(&header::USER_AGENT),
+            error,
+        };
+        self.state.access_log.record(&entry, format);
+    }
+
+    /// The answer to a request that failed before its upstream answered (status 0: none, the
+    /// client is gone), counting an overload rejection.
+    fn failure_answer(&self, e: &Error, ctx: &Ctx) -> (u16, String) {
+        if let Some(Failure::Overloaded(reason)) = ctx.failure {
+            self.state
+                .metrics
+                .overload_rejections
+                .with_label_values(&[reason])
+                .inc();
+            crate::metrics::log_limited(
+                &self.state.metrics.overload_logged,
+                &format!("overloaded ({reason}): answering 503 with Retry-After to requests that would wait"),
+            );
+        }
+        match ctx.failure {
+            // Nobody to answer.
+            Some(Failure::ClientGone) => (0, String::new()),
+            Some(f) => (f.status(), f.body(ctx.revision.as_deref())),
+            _ => match e.etype() {
+                ErrorType::HTTPStatus(c) => (*c, String::new()),
+                _ => match e.esource() {
+                    ErrorSource::Upstream => (502, "upstream error\n".into()),
+                    ErrorSource::Downstream => match e.etype() {
+                        ErrorType::WriteError
+                        | ErrorType::ReadError
+                        | ErrorType::ConnectionClosed => (0, String::new()),
+                        _ => (400, "bad request\n".into()),
+                    },
+                    _ => (500, "internal error\n".into()),
+                },
+            },
+        }
+    }
+
+    /// Answers a request that failed before its upstream answered, unless something was
+    /// written already; returns the status (0: none, the client is gone). The connection is
+    /// closed after it.
+    async fn answer_failure(&self, session: &mut ServerSession, e: &Error, ctx: &Ctx) -> u16 {
+        let (code, body) = self.failure_answer(e, ctx);
+        // The connection is not reused after a failure (below): say so in the answer, so that
+        // a client does not send its next request on it.
+        session.set_keepalive(None);
+        // Only answer if nothing was sent yet; otherwise the connection is simply closed.
+        if let (Some(Failure::Placeholder), Some(p), None) = (
+            ctx.failure,
+            ctx.placeholder.as_ref(),
+            session.response_written(),
+        ) {
+            if let Err(err) = placeholder_page(session, p).await {
+                log::debug!("writing the placeholder page: {err}");
+            }
+        } else if code > 0 && session.response_written().is_none() {
+            let retry_after = matches!(ctx.failure, Some(Failure::Overloaded(_)))
+                .then(|| (header::RETRY_AFTER, RETRY_AFTER_SECS));
+            if let Err(err) = respond_with(session, code, body, retry_after).await {
+                log::debug!("writing the {code} answer: {err}");
+            }
+        }
+        code
     }
 
     /// Takes a slot on an endpoint of the request's revision, holding the request while there
@@ -357,12 +627,7 @@ impl WeirProxy {
             }
         };
         let result = tokio::select! {
-            r = &mut held => r.map_err(|e| match e {
-                HoldError::QueueFull => Failure::QueueFull,
-                HoldError::Timeout => Failure::HoldTimeout,
-                HoldError::Unresolved => Failure::Connect,
-                HoldError::Overloaded => Failure::Overloaded("held_memory"),
-            }),
+            r = &mut held => r.map_err(Failure::from),
             _ = gone => Err(Failure::ClientGone),
             _ = placeholder => Err(Failure::Placeholder),
         };
@@ -371,31 +636,44 @@ impl WeirProxy {
     }
 }
 
-async fn respond(session: &mut Session, code: u16, body: impl Into<Bytes>) -> Result<()> {
+async fn respond(session: &mut ServerSession, code: u16, body: impl Into<Bytes>) -> Result<()> {
     respond_with(session, code, body, None).await
 }
 
 /// [`respond`] with one more header.
+///
+/// Written to the downstream session directly: Weir has no downstream modules
+/// (`init_downstream_modules`), which is all pingora's `Session` would add.
 async fn respond_with(
-    session: &mut Session,
+    session: &mut ServerSession,
     code: u16,
     body: impl Into<Bytes>,
     extra: Option<(HeaderName, &'static str)>,
 ) -> Result<()> {
     let body = body.into();
+    let resp = plain_answer(code, body.len(), extra)?;
+    session.write_response_header(resp).await?;
+    session.write_response_body(body, true).await
+}
+
+/// The head of an answer Weir writes itself: plain text of `len` bytes, one more header.
+fn plain_answer(
+    code: u16,
+    len: usize,
+    extra: Option<(HeaderName, &'static str)>,
+) -> Result<Box<ResponseHeader>> {
     let mut resp = ResponseHeader::build(code, Some(4))?;
     resp.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
-    resp.insert_header(header::CONTENT_LENGTH, body.len())?;
+    resp.insert_header(header::CONTENT_LENGTH, len)?;
     if let Some((name, value)) = extra {
         resp.insert_header(name, value)?;
     }
-    session.write_response_header(Box::new(resp), false).await?;
-    session.write_response_body(Some(body), true).await
+    Ok(Box::new(resp))
 }
 
 /// The placeholder page: 503 (the request was not served), come back soon.
 async fn placeholder_page(
-    session: &mut Session,
+    session: &mut ServerSession,
     p: &crate::state::LoadedPlaceholder,
 ) -> Result<()> {
     let mut resp = ResponseHeader::build(503, Some(5))?;
@@ -405,10 +683,8 @@ async fn placeholder_page(
     // Browsers reload on `Refresh` (HTML's http-equiv refresh, as a header).
     resp.insert_header("refresh", PLACEHOLDER_RETRY_SECS)?;
     resp.insert_header(header::CACHE_CONTROL, "no-store")?;
-    session.write_response_header(Box::new(resp), false).await?;
-    session
-        .write_response_body(Some(p.html.clone()), true)
-        .await
+    session.write_response_header(Box::new(resp)).await?;
+    session.write_response_body(p.html.clone(), true).await
 }
 
 /// How soon a placeholder page reloads (seconds).
@@ -526,51 +802,7 @@ impl ProxyHttp for WeirProxy {
         req: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        strip_hop_by_hop(req, session.is_upgrade_req());
-        if let Some(rev) = &ctx.revision {
-            req.insert_header_parsed(
-                &REVISION_HEADER,
-                REVISION_WIRE.clone(),
-                rev.name_value.clone(),
-            );
-            req.insert_header_parsed(
-                &NAMESPACE_HEADER,
-                NAMESPACE_WIRE.clone(),
-                rev.namespace_value.clone(),
-            );
-        }
-        if let Some(tag) = &ctx.tag {
-            req.insert_header_parsed(&TAG_HEADER, TAG_WIRE.clone(), tag.clone());
-        }
-        let snap = self.state.load();
-        let fwd = &snap.settings().forwarded;
-        if fwd.use_remote_address {
-            if let Some(PingoraAddr::Inet(addr)) = session.client_addr() {
-                let xff = forwarded_for(req.headers.get(&XFF), addr.ip());
-                req.insert_header_parsed(&XFF, XFF_WIRE.clone(), xff);
-            }
-        }
-        // Envoy's rule: a trusted hop's X-Forwarded-Proto stands (a TLS-terminating load
-        // balancer's "https"); otherwise it is this listener's scheme.
-        if fwd.trusted_hops == 0 || !req.headers.contains_key(&XFP) {
-            req.insert_header_parsed(&XFP, XFP_WIRE.clone(), self.scheme.clone());
-        }
-        drop(snap);
-        if self.reporting {
-            req.insert_header_parsed(&PROXY_HEADER, PROXY_WIRE.clone(), ACTIVATOR.clone());
-        } else if self.listener == Listener::External {
-            // A client must not pass itself off as the activator to queue-proxy.
-            req.remove_header(&PROXY_HEADER);
-        }
-        for headers in [&ctx.pre_headers, &ctx.post_headers].into_iter().flatten() {
-            for (name, value) in headers.iter() {
-                req.insert_header(name.clone(), value.clone())?;
-            }
-        }
-        if let Some(host) = &ctx.rewrite_host {
-            req.insert_header(header::HOST, host.clone())?;
-        }
-        Ok(())
+        self.upstream_headers(session.as_downstream(), req, ctx)
     }
 
     async fn response_filter(
@@ -579,25 +811,7 @@ impl ProxyHttp for WeirProxy {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        ctx.upstream_time = ctx.sent_at.map(|t| t.elapsed());
-        if self.state.edge.connections_near_limit() {
-            // Near max_connections: close after this answer so slots turn over and clients
-            // waiting in the backlog get in (Envoy's overload action "disable keepalive").
-            session.set_keepalive(None);
-        }
-        if let Some(sticky) = ctx.sticky.as_ref().filter(|s| s.decided.must_set) {
-            let d = &sticky.decided;
-            let value = match sticky.endpoint.filter(|_| d.instance) {
-                Some(ep) => format!("{}/{ep}", sticky.revision),
-                None => sticky.revision.to_string(),
-            };
-            let cookie = format!(
-                "{}={value}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax",
-                d.cookie, d.max_age_secs
-            );
-            resp.append_header(header::SET_COOKIE, cookie)?;
-        }
-        Ok(())
+        self.response_headers(session.as_downstream_mut(), resp, ctx)
     }
 
     fn fail_to_connect(
@@ -629,56 +843,8 @@ impl ProxyHttp for WeirProxy {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        if let Some(Failure::Overloaded(reason)) = ctx.failure {
-            self.state
-                .metrics
-                .overload_rejections
-                .with_label_values(&[reason])
-                .inc();
-            crate::metrics::log_limited(
-                &self.state.metrics.overload_logged,
-                &format!("overloaded ({reason}): answering 503 with Retry-After to requests that would wait"),
-            );
-        }
-        let (code, body) = match ctx.failure {
-            // Nobody to answer.
-            Some(Failure::ClientGone) => (0, String::new()),
-            Some(f) => (f.status(), f.body(ctx.revision.as_deref())),
-            _ => match e.etype() {
-                ErrorType::HTTPStatus(c) => (*c, String::new()),
-                _ => match e.esource() {
-                    ErrorSource::Upstream => (502, "upstream error\n".into()),
-                    ErrorSource::Downstream => match e.etype() {
-                        ErrorType::WriteError
-                        | ErrorType::ReadError
-                        | ErrorType::ConnectionClosed => (0, String::new()),
-                        _ => (400, "bad request\n".into()),
-                    },
-                    _ => (500, "internal error\n".into()),
-                },
-            },
-        };
-        // The connection is not reused after a failure (below): say so in the answer, so that
-        // a client does not send its next request on it.
-        session.set_keepalive(None);
-        // Only answer if nothing was sent yet; otherwise the connection is simply closed.
-        if let (Some(Failure::Placeholder), Some(p), None) = (
-            ctx.failure,
-            ctx.placeholder.as_ref(),
-            session.response_written(),
-        ) {
-            if let Err(err) = placeholder_page(session, p).await {
-                log::debug!("writing the placeholder page: {err}");
-            }
-        } else if code > 0 && session.response_written().is_none() {
-            let retry_after = matches!(ctx.failure, Some(Failure::Overloaded(_)))
-                .then(|| (header::RETRY_AFTER, RETRY_AFTER_SECS));
-            if let Err(err) = respond_with(session, code, body, retry_after).await {
-                log::debug!("writing the {code} answer: {err}");
-            }
-        }
         FailToProxy {
-            error_code: code,
+            error_code: self.answer_failure(session, e, ctx).await,
             can_reuse_downstream: false,
         }
     }
@@ -703,84 +869,7 @@ impl ProxyHttp for WeirProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        ctx.slot = None;
-        let code = match session.response_written() {
-            Some(r) => r.status.as_u16(),
-            // nginx's "client closed request"
-            None => 499,
-        };
-        let total = ctx.start.elapsed();
-        match &ctx.revision {
-            Some(rev) => {
-                rev.count_response(code);
-                rev.duration_histogram().observe(total.as_secs_f64());
-            }
-            None => self.state.metrics.request_counter("", "", code).inc(),
-        }
-        let snap = self.state.load();
-        let settings = &snap.settings().access_log;
-        if !settings.enabled || (settings.sample < 1.0 && rand::random::<f64>() >= settings.sample)
-        {
-            return;
-        }
-        let format = if settings.format == "text" {
-            crate::access_log::Format::Text
-        } else {
-            crate::access_log::Format::Json
-        };
-        drop(snap);
-        let pingora_error;
-        let error = match (ctx.failure, e) {
-            (Some(f), _) => Some(f.name()),
-            (None, Some(e)) => {
-                pingora_error = format!("{} {}", e.esource().as_str(), e.etype().as_str());
-                Some(pingora_error.as_str())
-            }
-            (None, None) => None,
-        };
-        let req = session.req_header();
-        let header = |name: &HeaderName| req.headers.get(name).map(HeaderValue::as_bytes);
-        let entry = crate::access_log::Entry {
-            start: std::time::SystemTime::now().checked_sub(total),
-            client: match session.client_addr() {
-                Some(PingoraAddr::Inet(a)) => Some(*a),
-                _ => None,
-            },
-            method: req.method.as_str(),
-            host: req
-                .headers
-                .get(header::HOST)
-                .map(HeaderValue::as_bytes)
-                .or_else(|| req.uri.authority().map(|a| a.as_str().as_bytes()))
-                .unwrap_or_default(),
-            path: req.uri.path_and_query().map_or("", |p| p.as_str()),
-            protocol: match req.version {
-                http::Version::HTTP_10 => "HTTP/1.0",
-                http::Version::HTTP_2 => "HTTP/2",
-                _ => "HTTP/1.1",
-            },
-            status: code,
-            namespace: ctx.revision.as_deref().map(|r| &*r.namespace),
-            revision: ctx.revision.as_deref().map(|r| &*r.name),
-            // The endpoint tried last.
-            endpoint: ctx.tried[..ctx.attempts.min(MAX_CONNECT_ATTEMPTS)]
-                .last()
-                .copied()
-                .flatten(),
-            tag: ctx.tag.as_ref().map(HeaderValue::as_bytes),
-            affinity: ctx.affinity,
-            bytes_in: session.as_downstream().body_bytes_read(),
-            bytes_out: session.as_downstream().body_bytes_sent(),
-            upstream: ctx.upstream_time,
-            total,
-            held: ctx.held,
-            attempts: ctx.attempts,
-            request_id: header(&REQUEST_ID),
-            traceparent: header(&TRACEPARENT),
-            user_agent: header(&header::USER_AGENT),
-            error,
-        };
-        self.state.access_log.record(&entry, format);
+        self.log(session.as_downstream(), e, ctx);
     }
 }
 

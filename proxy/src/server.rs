@@ -15,14 +15,15 @@ use http::HeaderValue;
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::{ConnectionLimit, L4BufferSettings, ListenerConfig};
-use pingora::proxy::http_proxy_service_with_name;
+use pingora::proxy::http_proxy;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{ExecutionPhase, Server};
+use pingora::services::listening::Service;
 use weir_config::{Config, Format, Listener};
 
 use crate::admin::{self, Admin};
 use crate::metrics::Metrics;
-use crate::route::{Active, WeirProxy};
+use crate::route::{Active, WeirApp, WeirProxy};
 use crate::state::{State, TlsStores};
 
 /// The listeners of `weir proxy`, by kind; each kind may bind several addresses (Kourier's
@@ -84,6 +85,8 @@ pub struct ProxyOptions {
     pub upgrade: bool,
     /// Where listening sockets are handed over in a binary upgrade (`--upgrade-sock`).
     pub upgrade_sock: PathBuf,
+    /// Plain HTTP/1 requests in Weir's own loop (`--fast-path`, `route::WeirApp`).
+    pub fast_path: bool,
 }
 
 impl ProxyOptions {
@@ -132,6 +135,9 @@ impl ProxyOptions {
                 |n| n.to_string()
             ),
         ));
+        if self.fast_path {
+            out.push_str("  fast path: plain HTTP/1 requests in Weir's own loop\n");
+        }
         if self.upgrade {
             out.push_str(&format!(
                 "  upgrade: take the listeners over through {}\n",
@@ -358,7 +364,14 @@ pub fn run(opts: ProxyOptions, rt: &tokio::runtime::Runtime, state: Arc<State>) 
             active: active.clone(),
             reporting,
         };
-        let mut svc = http_proxy_service_with_name(&server.configuration, proxy, name);
+        let mut http = http_proxy(&server.configuration, proxy.clone());
+        let mut options = HttpServerOptions::default();
+        // h2c (HTTP/2 with prior knowledge) beside HTTP/1.1 on plain listeners.
+        options.h2c = certs.is_none();
+        options.header_read_timeout = state.edge.header_read_timeout.clone();
+        options.idle_timeout = state.edge.idle_timeout.clone();
+        http.server_options = Some(options);
+        let mut listeners = pingora::listeners::Listeners::new();
         for addr in addrs.iter() {
             // pingora reads each connection through a 64 KiB buffer by default, kept for the
             // connection's life: ~64 KiB per idle or held client. Header and body reads bring
@@ -380,18 +393,16 @@ pub fn run(opts: ProxyOptions, rt: &tokio::runtime::Runtime, state: Arc<State>) 
                 settings.enable_h2();
                 endpoint = endpoint.tls(settings);
             }
-            svc.add_listener(endpoint);
+            listeners.add_listener(endpoint);
         }
-        if let Some(app) = svc.app_logic_mut() {
-            let mut options = HttpServerOptions::default();
-            // h2c (HTTP/2 with prior knowledge) beside HTTP/1.1 on plain listeners.
-            options.h2c = certs.is_none();
-            options.header_read_timeout = state.edge.header_read_timeout.clone();
-            options.idle_timeout = state.edge.idle_timeout.clone();
-            app.server_options = Some(options);
+        listeners.set_pre_tls_callback(proxy_header.clone());
+        let name = name.to_string();
+        if opts.fast_path {
+            let app = WeirApp::new(http, proxy, &server.configuration);
+            server.add_service(Service::with_listeners(name, listeners, app));
+        } else {
+            server.add_service(Service::with_listeners(name, listeners, http));
         }
-        svc.endpoints().set_pre_tls_callback(proxy_header.clone());
-        server.add_service(svc);
     }
     let addrs: Vec<String> = l.all().map(|(k, a)| format!("{k} {a}")).collect();
     log::info!("weir proxy: {}, admin {}", addrs.join(", "), opts.admin);

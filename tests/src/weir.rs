@@ -53,9 +53,19 @@ pub struct WeirBuilder {
     /// Bind these (http, internal, admin) addresses instead of free ones: a second process
     /// taking over the first one's listeners (`--upgrade`).
     addrs: Option<(SocketAddr, SocketAddr, SocketAddr)>,
+    /// Whether `WEIR_TEST_FAST_PATH=1` adds `--fast-path` (off for a test that compares the
+    /// two paths and chooses itself).
+    env_fast_path: bool,
 }
 
 impl WeirBuilder {
+    /// Through pingora's proxy path whatever `WEIR_TEST_FAST_PATH` says (the flag only when
+    /// given with [`WeirBuilder::arg`]).
+    pub fn path_as_given(mut self) -> Self {
+        self.env_fast_path = false;
+        self
+    }
+
     /// Also serve the https listener (`--https` on a free port): certificates come from the
     /// config's `tls` entries, whose paths are relative to the config's directory (see
     /// [`WeirBuilder::file`] and [`Weir::dir`]).
@@ -150,6 +160,12 @@ impl WeirBuilder {
                 .join(format!("stderr.{attempt}.log"));
             let mut cmd = Command::new(&self.bin);
             cmd.arg("proxy");
+            // The whole suite once more through the fast path (`./dev test` runs it both ways).
+            if self.env_fast_path
+                && std::env::var_os("WEIR_TEST_FAST_PATH").is_some_and(|v| v == "1")
+            {
+                cmd.arg("--fast-path");
+            }
             if self.config_flag {
                 cmd.arg("--config").arg(&config_path);
             }
@@ -246,6 +262,7 @@ impl Weir {
             gateway: None,
             wait_ready: true,
             addrs: None,
+            env_fast_path: true,
         }
     }
 

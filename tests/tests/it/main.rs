@@ -11,6 +11,7 @@ mod cli;
 mod deploy;
 mod edge;
 mod failures;
+mod fast_path;
 mod harness;
 mod headers;
 mod hold;

@@ -103,6 +103,11 @@ use subrequest::{BodyMode, Ctx as SubrequestCtx};
 
 pub use proxy_cache::range_filter::{range_header_filter, MultiRangeInfo, RangeType};
 pub use proxy_purge::PurgeStatus;
+// Weir patch: the HTTP/1 upstream request policy, for applications that write requests to an
+// upstream session themselves (see `HttpProxy::process_read_request`).
+pub use proxy_common::{
+    finish_h1_upstream_request, h1_response_framing, sanitize_h1_upstream_request,
+};
 pub use proxy_trait::{FailToProxy, ProxyHttp, ProxyWarnLogContext};
 
 pub mod prelude {
@@ -323,7 +328,12 @@ where
         .await;
     }
 
-    async fn handle_new_request(
+    /// Reads the next request head of a downstream session, answering a malformed (400) or
+    /// late (408) head itself; `None`: no request to serve (closed, bad, shutting down).
+    ///
+    /// Weir patch: public, with [`Self::process_read_request`], so that an application can
+    /// look at a request head before deciding whether the proxy state machine serves it.
+    pub async fn handle_new_request(
         &self,
         mut downstream_session: Box<HttpSession>,
     ) -> Option<Box<HttpSession>>
@@ -1168,6 +1178,52 @@ impl<SV, C> HttpProxy<SV, C>
 where
     C: custom::Connector,
 {
+    /// Serves a request whose head [`Self::handle_new_request`] has read: the whole proxy
+    /// state machine, as `process_new_http` does after reading.
+    ///
+    /// Weir patch: split out of `process_new_http` (see [`Self::handle_new_request`]).
+    pub async fn process_read_request(
+        self: &Arc<Self>,
+        mut downstream_session: Box<HttpSession>,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream>
+    where
+        SV: ProxyHttp + Send + Sync + 'static,
+        <SV as ProxyHttp>::CTX: Send + Sync,
+    {
+        // Extract user context from the previous request
+        let prev_user_ctx = downstream_session.take_connection_user_context();
+
+        let mut session = Session::new(
+            downstream_session,
+            &self.downstream_modules,
+            #[cfg(feature = "upstream_modules")]
+            &self.upstream_modules,
+            self.shutdown_flag.clone(),
+        );
+
+        if *shutdown.borrow() {
+            // stop downstream from reusing if this service is shutting down soon
+            session.set_keepalive(None);
+        }
+
+        let mut ctx = self.inner.new_ctx();
+
+        // Deliver user context from the previous request on this reused connection
+        if let Some(prev_ctx) = prev_user_ctx {
+            self.inner
+                .on_connection_reuse(&mut session, &mut ctx, prev_ctx);
+        }
+
+        // Boxed on its own: this future is ~14 KB, and inline it would make the whole
+        // `process_new_http` future that large for as long as a kept-alive connection waits
+        // for its next request (every idle connection would hold it). The box is allocated
+        // before the future is made, so that the future is made in it: `Box::pin(future)`
+        // made it on the stack and copied all of it into the box on every request.
+        let boxed = Box::new_uninit();
+        Box::into_pin(Box::write(boxed, self.process_request(session, ctx))).await
+    }
+
     async fn process_request(
         self: &Arc<Self>,
         mut session: Session,
@@ -1582,46 +1638,12 @@ where
 {
     async fn process_new_http(
         self: &Arc<Self>,
-        mut session: HttpSession,
+        session: HttpSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        // Extract user context from the previous request before the session is moved into the Box
-        let prev_user_ctx = session.take_connection_user_context();
-
-        let session = Box::new(session);
-
         // TODO: keepalive pool, use stack
-        let mut session = match self.handle_new_request(session).await {
-            Some(downstream_session) => Session::new(
-                downstream_session,
-                &self.downstream_modules,
-                #[cfg(feature = "upstream_modules")]
-                &self.upstream_modules,
-                self.shutdown_flag.clone(),
-            ),
-            None => return None, // bad request
-        };
-
-        if *shutdown.borrow() {
-            // stop downstream from reusing if this service is shutting down soon
-            session.set_keepalive(None);
-        }
-
-        let mut ctx = self.inner.new_ctx();
-
-        // Deliver user context from the previous request on this reused connection
-        if let Some(prev_ctx) = prev_user_ctx {
-            self.inner
-                .on_connection_reuse(&mut session, &mut ctx, prev_ctx);
-        }
-
-        // Boxed on its own: this future is ~14 KB, and inline it would make the whole
-        // `process_new_http` future that large for as long as a kept-alive connection waits
-        // for its next request (every idle connection would hold it). The box is allocated
-        // before the future is made, so that the future is made in it: `Box::pin(future)`
-        // made it on the stack and copied all of it into the box on every request.
-        let boxed = Box::new_uninit();
-        Box::into_pin(Box::write(boxed, self.process_request(session, ctx))).await
+        let session = self.handle_new_request(Box::new(session)).await?;
+        self.process_read_request(session, shutdown).await
     }
 
     async fn http_cleanup(&self) {

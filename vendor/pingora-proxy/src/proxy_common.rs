@@ -328,7 +328,7 @@ fn parse_host_authority(host: &http::HeaderValue) -> Result<http::uri::Authority
 }
 
 /// Apply automatic request policy before application upstream request filtering.
-pub(crate) fn sanitize_h1_upstream_request(
+pub fn sanitize_h1_upstream_request(
     req: &mut RequestHeader,
     policy: HttpUpstreamRequestPolicy,
     downstream_is_http11: bool,
@@ -389,6 +389,62 @@ pub(crate) fn finalize_h1_upstream_request_framing(
         && req.headers.get(header::TRANSFER_ENCODING).is_none()
     {
         req.insert_header(header::TRANSFER_ENCODING, "chunked")?;
+    }
+    Ok(())
+}
+
+/// What the HTTP/1 proxy does to an upstream request after the application's request filter:
+/// reconcile and revalidate the authority (with `standard_authority`; filters can change Host,
+/// URI or target), restore a Host the filter deleted, frame a body. `downstream_had_host`: the
+/// downstream request carried Host.
+///
+/// Weir patch: one function (it was inline in `proxy_1to1`), public so that an application
+/// writing a request to an upstream session itself frames it the same way.
+pub fn finish_h1_upstream_request(
+    req: &mut RequestHeader,
+    standard_authority: bool,
+    downstream_had_host: bool,
+    downstream_has_body: bool,
+) -> Result<()> {
+    if standard_authority {
+        reconcile_upstream_authority(req).map_err(|e| e.into_in())?;
+        // A filter may delete Host. Restore it for requests that originally carried one or
+        // whose URI or absolute-form target has an authority, without adding a new empty Host
+        // to Host-less HTTP/1.0 origin-form.
+        let target_has_authority = raw_target_authority(req.raw_path()).authority().is_some();
+        if downstream_had_host || req.uri.authority().is_some() || target_has_authority {
+            set_h1_host_from_authority(req).map_err(|e| e.into_in())?;
+        }
+        // The final filter-produced request is invalid, so classify this as internal.
+        pingora_core::protocols::http::authority::validate_request_authority(req)
+            .map_err(|e| e.into_in())?;
+    }
+    finalize_h1_upstream_request_framing(req, downstream_has_body)
+}
+
+/// What the HTTP/1 proxy does to an upstream response head before the application's response
+/// filter: a response delimited by the connection's close (no Content-Length, no
+/// Transfer-Encoding, body not already `end`ed) is re-framed chunked, so that the downstream
+/// connection need not close. `head_request`: the request was HEAD (no body either way).
+///
+/// Weir patch: one function (it was inline in `proxy_1to1`), public like
+/// [`finish_h1_upstream_request`].
+pub fn h1_response_framing(
+    resp: &mut pingora_http::ResponseHeader,
+    head_request: bool,
+    end: bool,
+) -> Result<()> {
+    // these status codes / method cannot have body, so no need to add chunked encoding
+    let no_body = head_request || matches!(resp.status.as_u16(), 204 | 304);
+    if !no_body
+        && !resp.status.is_informational()
+        && resp.headers.get(header::TRANSFER_ENCODING).is_none()
+        && resp.headers.get(header::CONTENT_LENGTH).is_none()
+        && !end
+    {
+        // Upgrade the http version to 1.1 because 1.0/0.9 doesn't support chunked
+        resp.set_version(http::Version::HTTP_11);
+        resp.insert_header(header::TRANSFER_ENCODING, "chunked")?;
     }
     Ok(())
 }

@@ -20,9 +20,7 @@ use crate::proxy_cache::{range_filter::RangeBodyFilter, ServeFromCache};
 use crate::proxy_common::*;
 use pingora_cache::CachePhase;
 use pingora_core::protocols::http::{
-    authority::{raw_target_authority, validate_request_authority},
-    custom::CUSTOM_MESSAGE_QUEUE_SIZE,
-    v1::common::is_upgrade_req as is_h1_upgrade_req,
+    custom::CUSTOM_MESSAGE_QUEUE_SIZE, v1::common::is_upgrade_req as is_h1_upgrade_req,
 };
 
 impl<SV, C> HttpProxy<SV, C>
@@ -89,27 +87,12 @@ where
             }
         }
 
-        // Reconcile and revalidate after request filters, which can mutate Host, URI, or target.
-        if authority_policy.is_standard() {
-            if let Err(e) = reconcile_upstream_authority(&mut req) {
-                return (false, true, Some(e.into_in()));
-            }
-            // A filter may delete Host. Restore it for requests that originally carried one or
-            // whose URI or absolute-form target has an authority, without adding a new empty Host
-            // to Host-less HTTP/1.0 origin-form.
-            let target_has_authority = raw_target_authority(req.raw_path()).authority().is_some();
-            if downstream_had_host || req.uri.authority().is_some() || target_has_authority {
-                if let Err(e) = set_h1_host_from_authority(&mut req) {
-                    return (false, true, Some(e.into_in()));
-                }
-            }
-            if let Err(e) = validate_request_authority(&req) {
-                // The final filter-produced request is invalid, so classify this as internal.
-                return (false, true, Some(e.into_in()));
-            }
-        }
-
-        if let Err(e) = finalize_h1_upstream_request_framing(&mut req, !session.is_body_empty()) {
+        if let Err(e) = finish_h1_upstream_request(
+            &mut req,
+            authority_policy.is_standard(),
+            downstream_had_host,
+            !session.is_body_empty(),
+        ) {
             return (false, true, Some(e));
         }
 
@@ -948,24 +931,8 @@ where
                 // (with another todo being an option to faithfully proxy the <1.1 responses)
                 // as we are already trying to mutate this for HTTP/1.1 downstream reuse
 
-                /* Convert HTTP 1.0 style response to chunked encoding so that we don't
-                 * have to close the downstream connection */
-                // these status codes / method cannot have body, so no need to add chunked encoding
-                let no_body = session.req_header().method == http::method::Method::HEAD
-                    || matches!(header.status.as_u16(), 204 | 304);
-                if !no_body
-                    && !header.status.is_informational()
-                    && header
-                        .headers
-                        .get(http::header::TRANSFER_ENCODING)
-                        .is_none()
-                    && header.headers.get(http::header::CONTENT_LENGTH).is_none()
-                    && !end
-                {
-                    // Upgrade the http version to 1.1 because 1.0/0.9 doesn't support chunked
-                    header.set_version(Version::HTTP_11);
-                    header.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
-                }
+                let head_request = session.req_header().method == http::method::Method::HEAD;
+                h1_response_framing(&mut header, head_request, end)?;
 
                 self.inner
                     .response_filter(session, &mut header, ctx)

@@ -1577,7 +1577,12 @@ impl HttpSession {
         Ok(())
     }
 
-    async fn response_duplex(&mut self, task: HttpTask) -> Result<bool> {
+    /// Writes one response task (header, body piece, end) as the proxy does; `true` when the
+    /// response is complete.
+    ///
+    /// Weir patch: public, for an application relaying an upstream session's tasks itself
+    /// (`response_duplex_vec` takes a `Vec` even for one task).
+    pub async fn response_duplex(&mut self, task: HttpTask) -> Result<bool> {
         let end_stream = match task {
             HttpTask::Header(header, end_stream) => {
                 self.write_response_header(header)
