@@ -444,7 +444,7 @@ def make_targets(args, scratch, ports, many):
         with open(path, "w") as f:
             f.write(text)
 
-    def weir_cmd(binary=args.weir, access_log=None):
+    def weir_cmd(binary=args.weir, access_log=None, extra=()):
         text = weir_yaml_many(ports) if many else weir_yaml_hello(ports)
         if access_log:
             # A variant with the access log on, written to a file in the scratch dir (emptied
@@ -453,7 +453,8 @@ def make_targets(args, scratch, ports, many):
             text = text.replace("access_log: off", f"access_log: {{to: {access_log}}}")
         write(weir_cfg, text)
         return [binary, "proxy", "--config", weir_cfg, "--http", f"127.0.0.1:{ports['proxy']}",
-                "--admin", f"127.0.0.1:{ports['admin']}", "--threads", "1", "--log-level", "warn"]
+                "--admin", f"127.0.0.1:{ports['admin']}", "--threads", "1", "--log-level", "warn",
+                *extra]
 
     def nginx_cmd():
         write(nginx_cfg, nginx_many(ports, scratch) if many
@@ -473,7 +474,9 @@ def make_targets(args, scratch, ports, many):
     for name, path, env in args.variant:
         env = dict(env)
         log_file = os.path.join(scratch, f"access-{name}.log") if env.pop("access_log", "") == "on" else None
-        all_targets[name] = Target(name, lambda path=path, log_file=log_file: weir_cmd(path, log_file), env)
+        extra = ("--fast-path",) if env.pop("fast_path", "") == "on" else ()
+        all_targets[name] = Target(
+            name, lambda path=path, log_file=log_file, extra=extra: weir_cmd(path, log_file, extra), env)
     if args.bare and not many:
         all_targets["bare-pingora"] = Target("bare-pingora", lambda: [
             args.bare, f"127.0.0.1:{ports['proxy']}", HOST, f"127.0.0.1:{ports['b1']}", f"127.0.0.1:{ports['b2']}"])

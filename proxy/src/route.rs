@@ -900,6 +900,18 @@ fn forwarded_for(existing: Option<&HeaderValue>, ip: std::net::IpAddr) -> Header
 /// `Keep-Alive`, `Proxy-Connection`, `TE` (but `trailers`, which gRPC needs) and `Upgrade`
 /// unless this is an upgrade. Framing headers are left to pingora, which re-frames the body.
 fn strip_hop_by_hop(req: &mut RequestHeader, upgrade: bool) {
+    // Most requests carry none of these (and pingora's request policy has removed them
+    // already): one pass over the names is cheaper than looking each one up.
+    let hop = |n: &HeaderName| {
+        *n == header::CONNECTION
+            || *n == header::TE
+            || *n == header::UPGRADE
+            || *n == KEEP_ALIVE
+            || *n == PROXY_CONNECTION
+    };
+    if !upgrade && !req.headers.keys().any(hop) {
+        return;
+    }
     if let Some(conn) = req.headers.get(header::CONNECTION).cloned() {
         if let Ok(list) = conn.to_str() {
             for token in list.split(',').map(str::trim).filter(|t| !t.is_empty()) {
