@@ -155,7 +155,8 @@ impl WeirApp {
             self.weir.answer_failure(&mut downstream, e, &ctx).await;
         }
         self.weir.log(&downstream, error.as_deref(), &mut ctx);
-        drop(ctx);
+        // `ctx` (the request's place in the drain count and in its revision's concurrency)
+        // ends after the connection is handed back, as in the proxy path.
         match error {
             Some(e) => {
                 downstream.on_proxy_failure(e);
