@@ -108,9 +108,9 @@ struct ProxyArgs {
     /// directory under the temp dir, weir-UID/upgrade.sock).
     #[arg(long, value_name = "PATH")]
     upgrade_sock: Option<PathBuf>,
-    /// Serve plain HTTP/1 requests (no body, not an upgrade, a free endpoint, no cookie
-    /// affinity) in Weir's own request loop instead of pingora's proxy state machine
-    /// (experimental; docs/performance.md).
+    /// Serve plain HTTP/1 requests (no body or a Content-Length one up to 64 KiB, not an
+    /// upgrade, a free endpoint, no cookie affinity) in Weir's own request loop instead of
+    /// pingora's proxy state machine (experimental; docs/performance.md).
     #[arg(long)]
     fast_path: bool,
 }

@@ -4,7 +4,8 @@
 //! pingora-proxy runs every request through its state machine: a session wrapper with cache,
 //! compression and subrequest state, a boxed future per hook, and a pair of halves joined
 //! through two channels to relay the answer. A plain request needs none of it: HTTP/1, no
-//! body, not an upgrade, routed to a revision with a free endpoint, no cookie affinity.
+//! body or a Content-Length one up to 64 KiB, not an upgrade, routed to a revision with a
+//! free endpoint, no cookie affinity.
 //! [`WeirApp`] reads every request head with pingora's own code
 //! (`HttpProxy::handle_new_request`: the same parser, limits, and 400/405/408 answers), then
 //! either serves it here or hands the session, head read, to the state machine
@@ -46,6 +47,9 @@ use weir_config::model::Protocol;
 
 use super::{Ctx, Failure, WeirProxy, CONNECT_TIMEOUT, MAX_CONNECT_ATTEMPTS};
 use crate::revision::Slot;
+
+/// Largest request body the fast path takes (pingora's retry buffer keeps up to this much).
+const BODY_LIMIT: usize = 64 * 1024;
 
 /// A listener's HTTP application: the fast path in front of pingora's proxy.
 pub struct WeirApp {
@@ -137,7 +141,9 @@ impl WeirApp {
                 Err(mut e) => {
                     // pingora's `error_while_proxy`: a failure on a reused connection is
                     // retried if the request can be sent again and nothing was answered.
-                    if downstream.req_header().method.is_idempotent() {
+                    if downstream.req_header().method.is_idempotent()
+                        && !downstream.retry_buffer_truncated()
+                    {
                         e.retry.decide_reuse(reused);
                     } else {
                         e.set_retry(false);
@@ -191,11 +197,30 @@ impl WeirApp {
         )
         .map_err(|e| e.into_down())?;
         self.weir.upstream_headers(downstream, &mut req, ctx)?;
-        finish_h1_upstream_request(&mut req, true, had_host, false)?;
+        let has_body = !downstream.is_body_empty();
+        finish_h1_upstream_request(&mut req, true, had_host, has_body)?;
         client
             .write_request_header(Box::new(req))
             .await
             .map_err(|e| e.into_up())?;
+        // The body (a Content-Length one of at most BODY_LIMIT, see `plan`): what an earlier
+        // try read (pingora's retry buffer, as the proxy replays it), then the rest.
+        downstream.enable_retry_buffering();
+        if let Some(read) = downstream.get_retry_buffer() {
+            client.write_body(&read).await.map_err(|e| e.into_up())?;
+        }
+        while !downstream.is_body_done() {
+            match downstream
+                .read_request_body()
+                .await
+                .map_err(|e| e.into_down())?
+            {
+                Some(data) => {
+                    client.write_body(&data).await.map_err(|e| e.into_up())?;
+                }
+                None => break,
+            }
+        }
         client.finish_body().await.map_err(|e| e.into_up())?;
 
         let head_request = downstream.req_header().method == Method::HEAD;
@@ -237,19 +262,31 @@ impl WeirProxy {
     /// The request's state and a slot on an endpoint when the fast path can serve it whole;
     /// `None` (nothing counted, nothing taken) when the proxy path must.
     fn plan(&self, downstream: &mut ServerSession) -> Option<(Ctx, Slot)> {
-        if downstream.as_http1().is_none()
-            || !downstream.is_body_empty()
-            || downstream.is_upgrade_req()
-        {
+        if downstream.as_http1().is_none() || downstream.is_upgrade_req() {
             return None;
         }
+        let body_empty = downstream.is_body_empty();
         let req = downstream.req_header();
         // Transfer-Encoding (whose smuggling check is `request_filter`'s) and Expect go the
-        // proxy's way.
+        // proxy's way; so does a body that is not a Content-Length one of at most BODY_LIMIT
+        // (pingora's retry buffer: a failed try replays it from there).
         if req.headers.contains_key(header::TRANSFER_ENCODING)
             || req.headers.contains_key(header::EXPECT)
         {
             return None;
+        }
+        if !body_empty {
+            let len = req
+                .headers
+                .get(header::CONTENT_LENGTH)?
+                .to_str()
+                .ok()?
+                .trim()
+                .parse::<usize>()
+                .ok()?;
+            if len > BODY_LIMIT {
+                return None;
+            }
         }
         let snap = self.state.load();
         let routed = self.decide(req, &snap).ok()?;

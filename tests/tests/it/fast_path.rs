@@ -547,3 +547,52 @@ async fn same_bytes_in_same_request_upstream_and_same_answer_out() {
     );
     assert_eq!(counter(&proxy, "weir_fast_path_requests_total").await, 0.0);
 }
+
+/// What the fast path takes and what it leaves to the proxy, by the counter: a GET and a
+/// POST with a small body are its own, a body over 64 KiB, a chunked one and an upgrade are
+/// the proxy's; every one is answered the same either way (the backend saw the whole body).
+#[tokio::test]
+async fn small_bodies_take_the_fast_path_large_and_chunked_ones_the_proxy() {
+    let backend = weir_tests::Backend::start("hello-00001");
+    let config = json!({
+        "services": [{"name": "hello", "traffic": [{"revision": "hello-00001", "percent": 100}]}],
+        "revisions": [{"name": "hello-00001", "endpoints": [backend.addr().to_string()]}],
+    });
+    let weir = Weir::builder(weir_bin!(), &config)
+        .path_as_given()
+        .arg("--fast-path")
+        .start();
+    let client = weir_tests::new_client();
+    let url = format!("{}/", weir.http_url());
+    let host = "hello.default.example.com";
+    let served = || counter(&weir, "weir_fast_path_requests_total");
+    let post = |body: reqwest::Body| client.post(&url).header("Host", host).body(body).send();
+    let get = client.get(&url).header("Host", host).send().await.unwrap();
+    assert_eq!(get.status(), 200);
+    assert_eq!(served().await, 1.0);
+
+    let small = post(vec![b'a'; 10 * 1024].into()).await.unwrap();
+    assert_eq!(small.status(), 200);
+    let echoed: serde_json::Value = small.json().await.unwrap();
+    assert_eq!(echoed["body_len"], 10 * 1024);
+    assert_eq!(served().await, 2.0);
+
+    let large = post(vec![b'b'; 100 * 1024].into()).await.unwrap();
+    assert_eq!(large.status(), 200);
+    let echoed: serde_json::Value = large.json().await.unwrap();
+    assert_eq!(echoed["body_len"], 100 * 1024);
+    let chunked = weir_tests::raw_request(
+        weir.http_addr(),
+        &format!(
+            "POST / HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n2\r\nab\r\n2\r\ncd\r\n0\r\n\r\n"
+        ),
+    )
+    .await;
+    assert_eq!(chunked.status, 200);
+    assert_eq!(chunked.json()["body_len"], 4);
+    assert_eq!(
+        served().await,
+        2.0,
+        "the large and the chunked body went the proxy's way"
+    );
+}
