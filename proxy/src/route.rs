@@ -4,6 +4,10 @@
 //! unroutable requests itself; `upstream_peer` takes a slot on an endpoint of the chosen
 //! revision, holding the request when there is none; `upstream_request_filter` sets the
 //! headers of docs/behaviour.md#upstream-request-headers; `logging` frees the slot and records metrics.
+//!
+//! Each phase's work is a plain method over pingora's downstream session (`decide` and
+//! `admit`, `upstream_headers`, `response_headers`, `answer_failure`, `log`), so that the
+//! `--fast-path` loop of [`fast`] does exactly the same work for the requests it serves.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
