@@ -30,6 +30,7 @@ async fn recording_backend() -> (SocketAddr, Received) {
     let rec = received.clone();
     tokio::spawn(async move {
         while let Ok((s, _)) = listener.accept().await {
+            let _ = s.set_nodelay(true);
             tokio::spawn(serve(s, rec.clone()));
         }
     });
@@ -49,7 +50,18 @@ async fn serve(mut s: TcpStream, received: Received) {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
         let (answer, close) = shape_answer(shape, head.method == "HEAD");
-        if s.write_all(&answer).await.is_err() || close {
+        // Odd shapes go out in two writes (head, then the rest), so that the proxy reads an
+        // answer in pieces.
+        let split = if shape % 2 == 1 {
+            find(&answer, b"\r\n\r\n").map_or(answer.len(), |i| i + 4)
+        } else {
+            answer.len()
+        };
+        if s.write_all(&answer[..split]).await.is_err() {
+            return;
+        }
+        let _ = s.flush().await;
+        if s.write_all(&answer[split..]).await.is_err() || close {
             return;
         }
     }
@@ -98,12 +110,27 @@ fn shape_answer(shape: usize, head: bool) -> (Vec<u8>, bool) {
         10 => (format!("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n{}", body("twice")), false),
         // Framing a proxy must not pass on as it is.
         11 => (format!("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n{}", body("3\r\nabc\r\n0\r\n\r\n")), false),
-        _ => (format!("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}", body("bad")), true),
+        12 => (format!("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}", body("bad")), true),
+        // Chunk extensions and a trailer section.
+        13 => (
+            format!(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-T\r\n\r\n{}",
+                body("4;ext=1\r\nwith\r\n0\r\nX-T: 1\r\n\r\n")
+            ),
+            false,
+        ),
+        _ => (
+            format!(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n{}",
+                body("1\r\nz\r\n0\r\n\r\n")
+            ),
+            false,
+        ),
     };
     (a.0.into_bytes(), a.1)
 }
 
-const SHAPES: usize = 13;
+const SHAPES: usize = 15;
 
 struct Head {
     method: String,
