@@ -3,7 +3,8 @@
 //! upstream and the same answer out (but its `Date`). Two Weirs with the same config, one
 //! with the flag, each in front of its own recording backend; a few hundred requests drawn
 //! with a fixed seed from valid, odd and hostile pieces (smuggling shapes included) are sent
-//! to both, on kept-alive connections, against backends answering in every framing.
+//! to both, on kept-alive connections (a quarter of them pipelined), against backends
+//! answering in every framing.
 //!
 //! Run more cases with `WEIR_DIFF_CASES=20000 cargo test -p weir-tests --test it fast_path::`
 //! (and another `WEIR_DIFF_SEED`).
@@ -447,21 +448,23 @@ async fn read_answer(s: &mut TcpStream, buf: &mut Vec<u8>, head_request: bool) -
 
 /// Sends each connection's requests one after another (each after the previous answer),
 /// returns what was seen per request.
-async fn run(
-    addr: SocketAddr,
-    conns: &[Vec<(usize, Vec<u8>, bool)>],
-) -> HashMap<usize, Option<Seen>> {
+async fn run(addr: SocketAddr, conns: &[Conn]) -> HashMap<usize, Option<Seen>> {
     let mut seen = HashMap::new();
-    for requests in conns {
+    for conn in conns {
         let mut s = TcpStream::connect(addr).await.unwrap();
         let mut buf = Vec::new();
         let mut open = true;
-        for (case, bytes, head_request) in requests {
+        if conn.pipelined {
+            let all: Vec<u8> = conn.requests.iter().flat_map(|r| r.1.clone()).collect();
+            open = s.write_all(&all).await.is_ok();
+        }
+        for (case, bytes, head_request) in &conn.requests {
             if !open {
                 seen.insert(*case, None);
                 continue;
             }
-            let answer = if s.write_all(bytes).await.is_err() {
+            let sent = conn.pipelined || s.write_all(bytes).await.is_ok();
+            let answer = if !sent {
                 None
             } else {
                 tokio::time::timeout(
@@ -483,6 +486,13 @@ async fn run(
         }
     }
     seen
+}
+
+/// One client connection's requests (case, bytes, whether it is a HEAD), sent one after
+/// another's answer, or all at once (`pipelined`).
+struct Conn {
+    pipelined: bool,
+    requests: Vec<(usize, Vec<u8>, bool)>,
 }
 
 fn weir_with(backend: SocketAddr, fast: bool) -> Weir {
@@ -519,12 +529,13 @@ async fn same_bytes_in_same_request_upstream_and_same_answer_out() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0x5EED_1234_ABCD_0001);
     let mut rng = Rng(seed);
-    // Connections of 1 to 4 requests; the last request of each says `Connection: close`.
+    // Connections of 1 to 4 requests, a quarter of them pipelined; the last request of each
+    // says `Connection: close`.
     let mut conns = Vec::new();
     let mut case = 0;
     while case < cases {
         let n = 1 + rng.below(4);
-        let reqs: Vec<_> = (0..n)
+        let requests: Vec<_> = (0..n)
             .map(|i| {
                 let bytes = request(&mut rng, case + i, i + 1 == n);
                 let head_request = bytes.starts_with(b"HEAD ");
@@ -532,7 +543,14 @@ async fn same_bytes_in_same_request_upstream_and_same_answer_out() {
             })
             .collect();
         case += n;
-        conns.push(reqs);
+        // Not behind a target pingora has to escape (`/x y`): there the proxy path reads the
+        // next request's bytes while proxying and answers 400, where the fast path serves both
+        // (docs/behaviour.md "With `--fast-path`").
+        let escaped = requests.iter().any(|r| find(&r.1, b" /x y ").is_some());
+        conns.push(Conn {
+            pipelined: n > 1 && !escaped && rng.chance(25),
+            requests,
+        });
     }
     let (addr_p, rec_p) = recording_backend().await;
     let (addr_f, rec_f) = recording_backend().await;
@@ -541,8 +559,8 @@ async fn same_bytes_in_same_request_upstream_and_same_answer_out() {
     let seen_p = run(proxy.http_addr(), &conns).await;
     let seen_f = run(fast.http_addr(), &conns).await;
     let mut mismatches = Vec::new();
-    for requests in &conns {
-        for (case, bytes, _) in requests {
+    for conn in &conns {
+        for (case, bytes, _) in &conn.requests {
             let key = case.to_string();
             let up_p = rec_p.lock().unwrap().get(&key).cloned();
             let up_f = rec_f.lock().unwrap().get(&key).cloned();
