@@ -312,6 +312,9 @@ pub fn run(opts: ProxyOptions, rt: &tokio::runtime::Runtime, state: Arc<State>) 
         upgrade: opts.upgrade,
         ..Opt::default()
     };
+    // Nothing in Weir reads how long a stream's reads and writes waited: two clock reads per
+    // wait saved (vendor/pingora-core/PATCHED.md).
+    pingora::protocols::l4::stream::set_pending_time_tracking(false);
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     // In an upgrade this waits (about 6 s at most) for the running process's sockets.
     server.bootstrap();

@@ -946,6 +946,17 @@ impl AsyncWrite for Stream {
     }
 }
 
+/// Whether streams measure how long their reads and writes wait (`get_read_pending_time`,
+/// `get_write_pending_time`). Weir patch: a process that never reads those figures can turn
+/// it off with [`set_pending_time_tracking`]; each measured wait costs two clock reads.
+static TRACK_PENDING_TIME: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Turns the measuring of read and write waits on or off for every stream (on by default);
+/// off, `get_read_pending_time` and `get_write_pending_time` report zero.
+pub fn set_pending_time_tracking(on: bool) {
+    TRACK_PENDING_TIME.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
 #[derive(Debug)]
 struct AccumulatedDuration {
     total: Duration,
@@ -973,6 +984,9 @@ impl AccumulatedDuration {
     }
 
     fn poll_write_time(&mut self, result: &Poll<io::Result<usize>>, buf_size: usize) {
+        if !TRACK_PENDING_TIME.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
         match result {
             Poll::Ready(Ok(n)) => {
                 if *n == buf_size {
@@ -990,6 +1004,9 @@ impl AccumulatedDuration {
     }
 
     fn poll_time(&mut self, result: &Poll<io::Result<()>>) {
+        if !TRACK_PENDING_TIME.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
         match result {
             Poll::Ready(_) => {
                 self.stop();
