@@ -5,12 +5,11 @@
 //! compression and subrequest state, a boxed future per hook, and a pair of halves joined
 //! through two channels to relay the answer. A plain request needs none of it: HTTP/1, no
 //! body or a Content-Length one up to 64 KiB, not an upgrade, routed to a revision with a
-//! free endpoint, no cookie affinity.
-//! [`WeirApp`] reads every request head with pingora's own code
-//! (`HttpProxy::handle_new_request`: the same parser, limits, and 400/405/408 answers), then
-//! either serves it here or hands the session, head read, to the state machine
-//! (`HttpProxy::process_read_request`) — bodies, upgrades, holds, affinity, probes, local
-//! answers and HTTP/2 all go that way.
+//! free endpoint, no cookie affinity. [`WeirApp`] reads every request head with pingora's
+//! own code (`HttpProxy::handle_new_request`: the same parser, limits, and 400/405/408
+//! answers), then either serves it here or hands the session, head read, to the state
+//! machine (`HttpProxy::process_read_request`) — chunked and larger bodies, upgrades, holds,
+//! affinity, probes, local answers and HTTP/2 all go that way.
 //!
 //! What the fast path does not change is the HTTP/1 itself: it writes the upstream request
 //! with pingora's client session after pingora's own request policy
@@ -20,9 +19,11 @@
 //! code. Weir's own phases (headers, response head, log) are the same functions the proxy
 //! path's hooks call.
 //!
-//! Differences from the proxy path, by design: a request that must wait for an endpoint after
-//! a failed connect waits without watching for its client going away; the upstream
-//! connection pool is this app's own (a connection is reused by the path that pooled it).
+//! Differences from the proxy path, by design (docs/behaviour.md, "With `--fast-path`"): the
+//! client is not read while its request is proxied, so a request that must wait for an
+//! endpoint after a failed connect does not notice its client going away, and a body is sent
+//! whole before the answer is read; the upstream connection pool is this app's own (a
+//! connection is reused by the path that pooled it).
 
 use std::sync::Arc;
 use std::time::Instant;
