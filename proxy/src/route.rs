@@ -191,6 +191,20 @@ pub struct Ctx {
     placeholder: Option<crate::state::LoadedPlaceholder>,
 }
 
+impl Ctx {
+    /// The endpoints this request already tried (the first `n`), for `try_acquire`'s
+    /// `avoid`: on the stack, no allocation per request.
+    fn tried_endpoints(&self) -> ([SocketAddr; MAX_CONNECT_ATTEMPTS], usize) {
+        let mut buf = [SocketAddr::from(([0, 0, 0, 0], 0)); MAX_CONNECT_ATTEMPTS];
+        let mut n = 0;
+        for a in self.tried.iter().flatten() {
+            buf[n] = *a;
+            n += 1;
+        }
+        (buf, n)
+    }
+}
+
 /// Counts the request in its revision's concurrency from routing (held included) to the end.
 struct StatsGuard {
     revision: Arc<Revision>,
@@ -561,13 +575,7 @@ impl WeirProxy {
     /// is none. Leaves the queue at once if the client goes away.
     async fn acquire(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Slot, Failure> {
         let rev = ctx.revision.clone().ok_or(Failure::Connect)?;
-        // Endpoints that already failed to connect, on the stack: no allocation per request.
-        let mut buf = [SocketAddr::from(([0, 0, 0, 0], 0)); MAX_CONNECT_ATTEMPTS];
-        let mut n = 0;
-        for a in ctx.tried.iter().flatten() {
-            buf[n] = *a;
-            n += 1;
-        }
+        let (buf, n) = ctx.tried_endpoints();
         let avoid = &buf[..n];
         if let Some(addr) = ctx
             .sticky

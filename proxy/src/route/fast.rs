@@ -309,12 +309,7 @@ impl WeirProxy {
     /// says why).
     async fn next_slot(&self, ctx: &mut Ctx) -> Option<Slot> {
         let rev = ctx.revision.clone()?;
-        let mut avoid = [std::net::SocketAddr::from(([0, 0, 0, 0], 0)); MAX_CONNECT_ATTEMPTS];
-        let mut n = 0;
-        for a in ctx.tried.iter().flatten() {
-            avoid[n] = *a;
-            n += 1;
-        }
+        let (avoid, n) = ctx.tried_endpoints();
         if let Some(slot) = rev.try_acquire(&avoid[..n]) {
             return Some(slot);
         }

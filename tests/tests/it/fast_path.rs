@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use weir_tests::{get, parse_metrics, weir_bin, Weir};
+use weir_tests::{weir_bin, Weir};
 
 /// What each backend received, by the `X-Case` header of the request: the raw bytes, in
 /// order (a case that sends two requests has two entries).
@@ -507,15 +507,11 @@ fn weir_with(backend: SocketAddr, fast: bool) -> Weir {
     b.start()
 }
 
-async fn counter(weir: &Weir, name: &str) -> f64 {
-    let body = get(&format!("{}/metrics", weir.admin_url()), "", &[])
+/// Requests the fast path served (`weir_fast_path_requests_total`, exported from the start).
+async fn served_fast(weir: &Weir) -> f64 {
+    weir.metric("weir_fast_path_requests_total", &[])
         .await
-        .body;
-    parse_metrics(&body)
-        .iter()
-        .filter(|s| s.name == name)
-        .map(|s| s.value)
-        .sum()
+        .expect("weir_fast_path_requests_total is exported")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -584,13 +580,13 @@ async fn same_bytes_in_same_request_upstream_and_same_answer_out() {
     );
     // Both paths were exercised: of the requests that reached a backend, the fast path
     // served about half, the proxy the rest.
-    let served_fast = counter(&fast, "weir_fast_path_requests_total").await;
+    let served = served_fast(&fast).await;
     let reached: usize = rec_f.lock().unwrap().values().map(Vec::len).sum();
     assert!(
-        served_fast > reached as f64 / 3.0 && served_fast < reached as f64,
-        "the fast path served {served_fast} of the {reached} requests that reached a backend"
+        served > reached as f64 / 3.0 && served < reached as f64,
+        "the fast path served {served} of the {reached} requests that reached a backend"
     );
-    assert_eq!(counter(&proxy, "weir_fast_path_requests_total").await, 0.0);
+    assert_eq!(served_fast(&proxy).await, 0.0);
 }
 
 /// What the fast path takes and what it leaves to the proxy, by the counter: a GET and a
@@ -610,7 +606,7 @@ async fn small_bodies_take_the_fast_path_large_and_chunked_ones_the_proxy() {
     let client = weir_tests::new_client();
     let url = format!("{}/", weir.http_url());
     let host = "hello.default.example.com";
-    let served = || counter(&weir, "weir_fast_path_requests_total");
+    let served = || served_fast(&weir);
     let post = |body: reqwest::Body| client.post(&url).header("Host", host).body(body).send();
     let get = client.get(&url).header("Host", host).send().await.unwrap();
     assert_eq!(get.status(), 200);
