@@ -891,11 +891,7 @@ fn forwarded_for(existing: Option<&HeaderValue>, ip: std::net::IpAddr) -> Header
     // size: `Bytes` takes a full `Vec` as it is, while one with spare room costs it one more
     // allocation.
     let mut addr = [0u8; 64];
-    let len = {
-        let mut cursor = std::io::Cursor::new(&mut addr[..]);
-        let _ = write!(cursor, "{ip}");
-        cursor.position() as usize
-    };
+    let len = write_ip(&mut addr, ip);
     let addr = &addr[..len];
     let prev = existing.filter(|v| !v.is_empty());
     let mut buf = Vec::with_capacity(prev.map_or(0, |p| p.len() + 2) + addr.len());
@@ -906,6 +902,39 @@ fn forwarded_for(existing: Option<&HeaderValue>, ip: std::net::IpAddr) -> Header
     buf.extend_from_slice(addr);
     HeaderValue::from_maybe_shared(Bytes::from(buf))
         .unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// `ip` in its text form (as `Display` writes it) at the start of `out`; returns its length.
+/// An IPv4 address is written digit by digit: through `Display` it cost about 1,000
+/// instructions, a fiftieth of a proxied request (callgrind).
+fn write_ip(out: &mut [u8; 64], ip: std::net::IpAddr) -> usize {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut n = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out[n] = b'.';
+                    n += 1;
+                }
+                if octet >= 100 {
+                    out[n] = b'0' + octet / 100;
+                    n += 1;
+                }
+                if octet >= 10 {
+                    out[n] = b'0' + octet / 10 % 10;
+                    n += 1;
+                }
+                out[n] = b'0' + octet % 10;
+                n += 1;
+            }
+            n
+        }
+        std::net::IpAddr::V6(_) => {
+            let mut cursor = std::io::Cursor::new(&mut out[..]);
+            let _ = write!(cursor, "{ip}");
+            cursor.position() as usize
+        }
+    }
 }
 
 /// Drops hop-by-hop headers (RFC 9110 section 7.6.1): `Connection` and the headers it names,
@@ -954,5 +983,49 @@ fn strip_hop_by_hop(req: &mut RequestHeader, upgrade: bool) {
         let _ = req.insert_header(header::CONNECTION, "upgrade");
     } else {
         req.remove_header(&header::UPGRADE);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    #[test]
+    fn ip_text_is_what_display_writes() {
+        let mut v4: Vec<IpAddr> = [
+            [0, 0, 0, 0],
+            [255, 255, 255, 255],
+            [127, 0, 0, 1],
+            [10, 9, 99, 100],
+            [1, 20, 199, 250],
+        ]
+        .into_iter()
+        .map(|o| IpAddr::V4(Ipv4Addr::from(o)))
+        .collect();
+        // Every octet value in every position.
+        v4.extend((0..=255u8).map(|b| IpAddr::V4(Ipv4Addr::new(b, 255 - b, b / 3, b ^ 0x5a))));
+        let v6 = [
+            Ipv6Addr::LOCALHOST,
+            Ipv6Addr::UNSPECIFIED,
+            "2001:db8::1:0:0:1".parse().unwrap(),
+            "::ffff:192.0.2.128".parse().unwrap(),
+        ]
+        .map(IpAddr::V6);
+        for ip in v4.into_iter().chain(v6) {
+            let mut out = [0u8; 64];
+            let n = write_ip(&mut out, ip);
+            assert_eq!(std::str::from_utf8(&out[..n]).unwrap(), ip.to_string());
+        }
+    }
+
+    #[test]
+    fn forwarded_for_appends_the_client() {
+        let ip = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
+        assert_eq!(forwarded_for(None, ip), "192.0.2.7");
+        let prev = HeaderValue::from_static("203.0.113.1");
+        assert_eq!(forwarded_for(Some(&prev), ip), "203.0.113.1, 192.0.2.7");
+        let empty = HeaderValue::from_static("");
+        assert_eq!(forwarded_for(Some(&empty), ip), "192.0.2.7");
     }
 }

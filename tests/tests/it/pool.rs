@@ -256,3 +256,26 @@ async fn reuse_follows_the_answer_head() {
         assert_eq!(backend.accepted(), connections, "{what}");
     }
 }
+
+/// An HTTP/1.0 answer with `Transfer-Encoding` ends its connection whatever its `Connection`
+/// says (RFC 9112 section 6.1): Weir reads the framing fields of the answer's head after
+/// handing the head on, and must still see this one. Its body is written to the client
+/// chunked like any other, so the answer's status line says HTTP/1.1 (an HTTP/1.0 head with a
+/// chunked body is faulty framing to the client: hyper, under reqwest, refuses it).
+#[tokio::test]
+async fn an_http10_answer_with_transfer_encoding_is_not_reused() {
+    let backend = RawBackend::start_with(Then::KeepServing, |b| {
+        format!(
+            "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n\
+             {:x}\r\n{b}\r\n0\r\n\r\n",
+            b.len()
+        )
+    })
+    .await;
+    let weir = weir_for(&backend);
+    let client = new_client();
+    for i in 1..=3 {
+        assert_eq!(body_of(&client, &weir).await, format!("conn-{i}"));
+    }
+    assert_eq!(backend.accepted(), 3);
+}

@@ -444,7 +444,8 @@ pub fn finish_h1_upstream_request(
 /// What the HTTP/1 proxy does to an upstream response head before the application's response
 /// filter: a response delimited by the connection's close (no Content-Length, no
 /// Transfer-Encoding, body not already `end`ed) is re-framed chunked, so that the downstream
-/// connection need not close. `head_request`: the request was HEAD (no body either way).
+/// connection need not close; a response that is sent chunked is sent as HTTP/1.1.
+/// `head_request`: the request was HEAD (no body either way).
 ///
 /// Weir patch: one function (it was inline in `proxy_1to1`), public like
 /// [`finish_h1_upstream_request`].
@@ -455,15 +456,22 @@ pub fn h1_response_framing(
 ) -> Result<()> {
     // these status codes / method cannot have body, so no need to add chunked encoding
     let no_body = head_request || matches!(resp.status.as_u16(), 204 | 304);
+    let chunked = resp.headers.contains_key(header::TRANSFER_ENCODING);
     if !no_body
         && !resp.status.is_informational()
-        && resp.headers.get(header::TRANSFER_ENCODING).is_none()
+        && !chunked
         && resp.headers.get(header::CONTENT_LENGTH).is_none()
         && !end
     {
         // Upgrade the http version to 1.1 because 1.0/0.9 doesn't support chunked
         resp.set_version(http::Version::HTTP_11);
         resp.insert_header(header::TRANSFER_ENCODING, "chunked")?;
+    } else if chunked && resp.version < http::Version::HTTP_11 {
+        // Weir patch: an HTTP/1.0 answer that says `Transfer-Encoding` (which HTTP/1.0 does
+        // not have) is written downstream chunked like any other; its status line must say
+        // HTTP/1.1 too, or the client reads it as an HTTP/1.0 answer with a chunked body,
+        // which RFC 9112 section 6.1 tells it to treat as faulty framing (hyper refuses it).
+        resp.set_version(http::Version::HTTP_11);
     }
     Ok(())
 }

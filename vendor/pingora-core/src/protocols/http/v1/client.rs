@@ -29,7 +29,7 @@ use super::body::{BodyReader, BodyWriter};
 use super::common::*;
 use crate::protocols::http::HttpTask;
 use crate::protocols::{Digest, SocketAddr, Stream, UniqueID, UniqueIDType};
-use crate::utils::{BufRef, KVRef};
+use crate::utils::BufRef;
 
 /// The HTTP 1.x client session
 pub struct HttpSession {
@@ -278,7 +278,7 @@ impl HttpSession {
                     HeaderParseState::Complete(s) => {
                         let total_read = self.response_header_read_buf.len();
                         let base = self.response_header_read_buf.as_ptr() as usize;
-                        let mut header_refs = Vec::<KVRef>::with_capacity(resp.headers.len());
+                        let mut header_refs = HeaderRefs::new();
 
                         // Note: resp.headers has the correct number of headers
                         // while header_refs doesn't as it is still empty
@@ -309,7 +309,7 @@ impl HttpSession {
 
                         let buf = std::mem::take(&mut self.response_header_read_buf).freeze();
 
-                        for header in header_refs {
+                        for header in header_refs.iter() {
                             let header_name = header.get_name_bytes(&buf);
                             let header_name = header_name.into_case_header_name();
                             let value_bytes = header.get_value_bytes(&buf);
@@ -448,7 +448,8 @@ impl HttpSession {
         self.read_response().await?;
         // safe to unwrap because it is just read
         let full = self.response_header.take().unwrap();
-        self.response_header = Some(Box::new(framing_copy(&full)?));
+        let framing = self.body_reader.need_init();
+        self.response_header = Some(Box::new(framing_copy(&full, framing)?));
         Ok(full)
     }
 
@@ -965,18 +966,30 @@ impl UniqueID for HttpSession {
 }
 
 /// The fields of a response header that a client session consults after handing the header
-/// over ([`HttpSession::read_resp_header_parts`]): body framing, keep-alive and upgrade.
-fn framing_copy(full: &ResponseHeader) -> Result<ResponseHeader> {
+/// over ([`HttpSession::read_resp_header_parts`]): keep-alive and upgrade, and body framing
+/// when `framing` (the body reader is not set up yet: after an informational head).
+fn framing_copy(full: &ResponseHeader, framing: bool) -> Result<ResponseHeader> {
     // Looked up and copied by `HeaderName`: no name is parsed, and the copy keeps no case map.
+    // Once the body reader is set up nothing reads `Content-Length` again, nor
+    // `Transfer-Encoding` but in an HTTP/1.0 answer (`respect_keepalive`); without them the
+    // copy of a typical HTTP/1.1 head (no `Connection`, `Keep-Alive` or `Upgrade`) is empty
+    // and allocates no map.
     const FIELDS: [HeaderName; 5] = [
         header::CONNECTION,
         HeaderName::from_static("keep-alive"),
+        header::UPGRADE,
         header::TRANSFER_ENCODING,
         header::CONTENT_LENGTH,
-        header::UPGRADE,
     ];
+    let fields = if framing {
+        &FIELDS[..]
+    } else if full.version == Version::HTTP_10 {
+        &FIELDS[..4]
+    } else {
+        &FIELDS[..3]
+    };
     let mut headers = HMap::new();
-    for name in &FIELDS {
+    for name in fields {
         for value in full.headers.get_all(name) {
             headers
                 .try_append(name.clone(), value.clone())

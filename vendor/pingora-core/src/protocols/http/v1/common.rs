@@ -22,7 +22,7 @@ use std::str;
 use std::time::Duration;
 
 use super::body::BodyWriter;
-use crate::utils::KVRef;
+use crate::utils::{KVRef, EMPTY_KV_REF};
 
 pub(super) const MAX_HEADERS: usize = 256;
 
@@ -267,10 +267,46 @@ pub(super) fn is_buf_keepalive(header_value: Option<&HeaderValue>) -> Option<boo
     })
 }
 
+/// How many field offsets [`HeaderRefs`] keeps on the stack.
+const INLINE_HEADER_REFS: usize = 32;
+
+/// The offsets of a parsed head's fields in its buffer, on the stack for up to
+/// [`INLINE_HEADER_REFS`] fields and in a `Vec` beyond: every request and answer head is
+/// parsed through these, and a `Vec` for all of them was an allocation per head.
+pub(super) struct HeaderRefs {
+    inline: [KVRef; INLINE_HEADER_REFS],
+    len: usize,
+    spill: Vec<KVRef>,
+}
+
+impl HeaderRefs {
+    pub(super) fn new() -> Self {
+        HeaderRefs {
+            inline: [EMPTY_KV_REF; INLINE_HEADER_REFS],
+            len: 0,
+            spill: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, kv: KVRef) {
+        if self.len < INLINE_HEADER_REFS {
+            self.inline[self.len] = kv;
+            self.len += 1;
+        } else {
+            self.spill.push(kv);
+        }
+    }
+
+    /// The offsets in the order they were pushed.
+    pub(super) fn iter(&self) -> impl Iterator<Item = &KVRef> {
+        self.inline[..self.len].iter().chain(self.spill.iter())
+    }
+}
+
 #[inline]
 pub(super) fn populate_headers(
     base: usize,
-    header_ref: &mut Vec<KVRef>,
+    header_ref: &mut HeaderRefs,
     headers: &[httparse::Header],
 ) -> usize {
     let mut used_header_index = 0;
