@@ -173,6 +173,26 @@ impl RequestHeader {
         Ok(req)
     }
 
+    /// [Self::build()] with the path given as [bytes::Bytes]: an origin-form target (a path,
+    /// valid UTF-8, no fragment) is kept by the [Uri] without a copy, so a parser can hand over
+    /// a slice of the buffer it read the head into, and cloning the header later only counts
+    /// a reference. Every other form is parsed as [Self::set_raw_path()] does.
+    pub fn build_shared(
+        method: impl TryInto<Method>,
+        path: bytes::Bytes,
+        size_hint: Option<usize>,
+    ) -> Result<Self> {
+        let mut req = Self::new_no_case(size_hint);
+        req.base.method = method
+            .try_into()
+            .explain_err(InvalidHTTPHeader, |_| "invalid method")?;
+        req.set_raw_path_shared(path)?;
+        req.header_name_map = Some(CaseMap::with_capacity(http_header_map_upper_bound(
+            size_hint,
+        )));
+        Ok(req)
+    }
+
     /// Create a new [RequestHeader] with the given method and path without preserving header case.
     ///
     /// A [RequestHeader] created from this type is more space efficient than those from [Self::build()].
@@ -348,6 +368,31 @@ impl RequestHeader {
         // target.
         self.raw_target = parsed.raw_target;
         Ok(())
+    }
+
+    /// [Self::set_raw_path()] from [bytes::Bytes]; an origin-form target keeps `path` as the
+    /// [Uri]'s storage (see [Self::build_shared()]).
+    pub fn set_raw_path_shared(&mut self, path: bytes::Bytes) -> Result<()> {
+        // The target `parse_request_target` stores as `path_and_query_uri(target)` with
+        // `RawTarget::FromUri`: the same parse (`PathAndQuery::try_from(&str)` is
+        // `from_shared` of a copy), without the copy. The checks are an early out for what
+        // goes the other way (`from_shared` itself refuses a target not starting with `/`
+        // and bytes that are not ASCII, and drops a fragment as `parse_request_target` does).
+        if path.first() == Some(&b'/')
+            && !path.contains(&b'#')
+            && std::str::from_utf8(&path).is_ok()
+        {
+            if let Ok(path_and_query) = http::uri::PathAndQuery::from_maybe_shared(path.clone()) {
+                let mut parts = http::uri::Parts::default();
+                parts.path_and_query = Some(path_and_query);
+                if let Ok(uri) = Uri::from_parts(parts) {
+                    self.base.uri = uri;
+                    self.raw_target = RawTarget::FromUri;
+                    return Ok(());
+                }
+            }
+        }
+        self.set_raw_path(&path)
     }
 
     /// Set whether we send an END_STREAM on H2 request HEADERS if body is empty.

@@ -1278,8 +1278,9 @@ impl SendBodyState {
 /// write progress.
 pub struct BodyWriter {
     pub body_mode: BodyMode,
-    // Boxed to reduce inline size. Only used by the cancel-safe proxy task API.
-    send_body_state: Box<SendBodyState>,
+    // Only used by the cancel-safe proxy task API. Held inline, not boxed: a box cost an
+    // allocation for every session, server and client, whether the task API runs or not.
+    send_body_state: SendBodyState,
     send_finish_state: FinishWriteState,
 }
 
@@ -1293,7 +1294,7 @@ impl BodyWriter {
     pub fn new() -> Self {
         BodyWriter {
             body_mode: BM::ToSelect,
-            send_body_state: Box::new(SendBodyState::new()),
+            send_body_state: SendBodyState::new(),
             send_finish_state: FinishWriteState::NotStarted,
         }
     }

@@ -51,7 +51,9 @@ pub struct HttpSession {
     /// request.
     pub write_timeout: Option<Duration>,
     keepalive_timeout: KeepaliveStatus,
-    pub(crate) digest: Box<Digest>,
+    // Built on first use: a request whose caller never reads it (a kept-alive request of a
+    // proxy with no `connected_to_upstream` interest) spends no allocation on it.
+    digest: std::sync::OnceLock<Box<Digest>>,
     response_header: Option<Box<ResponseHeader>>,
     request_written: Option<Box<RequestHeader>>,
     bytes_sent: usize,
@@ -73,13 +75,6 @@ pub struct HttpSession {
 impl HttpSession {
     /// Create a new http client session from an established (TCP or TLS) [`Stream`].
     pub fn new(stream: Stream) -> Self {
-        // TODO: maybe we should put digest in the connection itself
-        let digest = Box::new(Digest {
-            ssl_digest: stream.get_ssl_digest(),
-            timing_digest: stream.get_timing_digest(),
-            proxy_digest: stream.get_proxy_digest(),
-            socket_digest: stream.get_socket_digest(),
-        });
         HttpSession {
             underlying_stream: stream,
             buf: Bytes::new(), // zero size, will be replaced by parsed header later
@@ -93,7 +88,7 @@ impl HttpSession {
             request_written: None,
             read_timeout: None,
             write_timeout: None,
-            digest,
+            digest: std::sync::OnceLock::new(),
             bytes_sent: 0,
             body_recv: 0,
             upgraded: false,
@@ -857,12 +852,22 @@ impl HttpSession {
     /// For reused connection, the timing in the digest will reflect its initial handshakes
     /// The caller should check if the connection is reused to avoid misuse the timing field.
     pub fn digest(&self) -> &Digest {
-        &self.digest
+        self.digest.get_or_init(|| {
+            // TODO: maybe we should put digest in the connection itself
+            let stream = &self.underlying_stream;
+            Box::new(Digest {
+                ssl_digest: stream.get_ssl_digest(),
+                timing_digest: stream.get_timing_digest(),
+                proxy_digest: stream.get_proxy_digest(),
+                socket_digest: stream.get_socket_digest(),
+            })
+        })
     }
 
     /// Return a mutable [Digest] reference for the connection.
     pub fn digest_mut(&mut self) -> &mut Digest {
-        &mut self.digest
+        self.digest();
+        self.digest.get_mut().expect("digest built just above")
     }
 
     /// Return the server (peer) address recorded in the connection digest.

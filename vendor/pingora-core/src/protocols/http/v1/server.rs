@@ -400,19 +400,17 @@ impl HttpSession {
                         // Note: req.headers has the correct number of headers
                         // while header_refs doesn't as it is still empty
                         let _num_headers = populate_headers(base, &mut header_refs, req.headers);
-
-                        let mut request_header = Box::new(RequestHeader::build(
-                            req.method.unwrap_or(""),
-                            // we path httparse to allow unsafe bytes in the str
-                            req.path.unwrap_or("").as_bytes(),
-                            Some(req.headers.len()),
-                        )?);
-
-                        request_header.set_version(match req.version {
+                        // The method and target as offsets too: the head is built from the
+                        // frozen buffer, its path a slice of it rather than a copy.
+                        let method = span_in(base, buf.len(), req.method);
+                        // we path httparse to allow unsafe bytes in the str
+                        let path = span_in(base, buf.len(), req.path);
+                        let version = match req.version {
                             Some(1) => Version::HTTP_11,
                             Some(0) => Version::HTTP_10,
                             _ => Version::HTTP_09,
-                        });
+                        };
+                        let size_hint = Some(req.headers.len());
 
                         // Detach bytes beyond the header in O(1). Keeping them as owned BytesMut
                         // allows body parsing and subsequent pipelined sessions to continue
@@ -433,6 +431,13 @@ impl HttpSession {
                             rest
                         };
                         let buf = buf.freeze();
+
+                        let mut request_header = Box::new(RequestHeader::build_shared(
+                            &buf[method],
+                            buf.slice(path),
+                            size_hint,
+                        )?);
+                        request_header.set_version(version);
 
                         for header in header_refs.iter() {
                             let header_name = header.get_name_bytes(&buf);
@@ -1875,6 +1880,18 @@ fn escape_illegal_request_line(buf: &BytesMut) -> Option<BytesMut> {
 }
 
 #[inline]
+/// Where `part` (a piece of the request line httparse returned) lies in the buffer that starts
+/// at address `base` and holds `len` bytes; empty when absent or not in that buffer.
+fn span_in(base: usize, len: usize, part: Option<&str>) -> std::ops::Range<usize> {
+    match part {
+        Some(part) => match (part.as_ptr() as usize).checked_sub(base) {
+            Some(start) if start + part.len() <= len => start..start + part.len(),
+            _ => 0..0,
+        },
+        None => 0..0,
+    }
+}
+
 fn parse_req_buffer<'buf>(
     req: &mut httparse::Request<'_, 'buf>,
     buf: &'buf [u8],
