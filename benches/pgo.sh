@@ -4,7 +4,8 @@
 #   2. the training run, benches/pgo_train.py (the common request shapes through pingora's
 #      proxy and the fast path, access log on and off; about a minute);
 #   3. the profile merged with the llvm-profdata of rustc's own LLVM major version
-#      (Debian's llvm-N; installed with apt-get when missing);
+#      ($PROFDATA, rustup's llvm-tools, or Debian's llvm-N, installed with apt-get when
+#      missing);
 #   4. the release build again with -Cprofile-use, same profile (fat LTO, one codegen unit).
 # Each build compiles every dependency with its flags: about 10 minutes each on two cores.
 #
@@ -12,8 +13,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# llvm-profdata of rustc's LLVM: $PROFDATA if set, else rustup's llvm-tools component
+# (`rustup component add llvm-tools`, what the container build uses), else Debian's llvm-N.
 major=$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
-profdata=$(command -v "llvm-profdata-$major" || true)
+profdata=${PROFDATA:-}
+if [ -z "$profdata" ]; then
+  for p in "$(rustc --print sysroot)"/lib/rustlib/*/bin/llvm-profdata; do
+    if [ -x "$p" ]; then profdata=$p; fi
+  done
+fi
+[ -n "$profdata" ] || profdata=$(command -v "llvm-profdata-$major" || true)
 if [ -z "$profdata" ]; then
   echo "installing llvm-$major (for llvm-profdata-$major, matching rustc's LLVM) ..." >&2
   sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo

@@ -140,8 +140,10 @@ def wait_ready(port, timeout=120):
 
 # --- targets ---------------------------------------------------------------------------
 
-# Weir with the access log on or off, through pingora's proxy or its own fast path
-# (`--fast-path`).
+# Weir with the access log on or off, through pingora's proxy alone (`--no-fast-path`: the
+# `weir` targets) or with its own fast path in front (`--fast-path`, the default since
+# 2026-11-30: the `weir-fast` targets). Both flags explicit, so a target means what it meant
+# in earlier figures.
 WEIR_TARGETS = ("weir", "weir-no-access-log", "weir-fast", "weir-fast-no-access-log")
 
 def target_cmd(name, args, port, backends, scratch):
@@ -151,7 +153,7 @@ def target_cmd(name, args, port, backends, scratch):
         # "weir" is the default config: the access log on, JSON lines to stdout (here
         # /dev/null: its writes cost what writes to a pipe or a file's page cache do).
         log = "access_log: off\n" if name.endswith("no-access-log") else ""
-        fast = ["--fast-path"] if name.startswith("weir-fast") else []
+        fast = ["--fast-path"] if name.startswith("weir-fast") else ["--no-fast-path"]
         with open(cfg, "w") as f:
             f.write(log + f"""services:
   - name: hello

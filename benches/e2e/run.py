@@ -474,7 +474,8 @@ def make_targets(args, scratch, ports, many):
     for name, path, env in args.variant:
         env = dict(env)
         log_file = os.path.join(scratch, f"access-{name}.log") if env.pop("access_log", "") == "on" else None
-        extra = ("--fast-path",) if env.pop("fast_path", "") == "on" else ()
+        # Unset: the binary's default (the fast path since 2026-11-30).
+        extra = {"on": ("--fast-path",), "off": ("--no-fast-path",)}.get(env.pop("fast_path", ""), ())
         all_targets[name] = Target(
             name, lambda path=path, log_file=log_file, extra=extra: weir_cmd(path, log_file, extra), env)
     if args.bare and not many:

@@ -110,9 +110,13 @@ struct ProxyArgs {
     upgrade_sock: Option<PathBuf>,
     /// Serve plain HTTP/1 requests (no body or a Content-Length one up to 64 KiB, not an
     /// upgrade, a free endpoint, no cookie affinity) in Weir's own request loop instead of
-    /// pingora's proxy state machine (experimental; docs/performance.md).
-    #[arg(long)]
+    /// pingora's proxy state machine. The default; the flag is kept for command lines that
+    /// name it.
+    #[arg(long, overrides_with = "no_fast_path")]
     fast_path: bool,
+    /// Serve every request through pingora's proxy state machine (no fast path).
+    #[arg(long, overrides_with = "fast_path")]
+    no_fast_path: bool,
 }
 
 #[derive(Args, Debug)]
@@ -349,7 +353,7 @@ fn proxy(args: ProxyArgs) -> ExitCode {
         pod_name,
         xds,
         upgrade: args.upgrade,
-        fast_path: args.fast_path,
+        fast_path: !args.no_fast_path,
         upgrade_sock: args
             .upgrade_sock
             .unwrap_or_else(server::default_upgrade_sock),

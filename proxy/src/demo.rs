@@ -121,7 +121,7 @@ Ctrl-C stops everything.
             pod_name: "weir-demo".into(),
             xds: None,
             upgrade: false,
-            fast_path: false,
+            fast_path: true,
             upgrade_sock: server::default_upgrade_sock(),
         },
         &rt,

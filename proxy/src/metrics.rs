@@ -178,7 +178,7 @@ impl Metrics {
             .expect("metric"),
             fast_path_requests: IntCounter::new(
                 "weir_fast_path_requests_total",
-                "Requests served by Weir's own HTTP/1 loop (--fast-path) rather than pingora's \
+                "Requests served by Weir's own HTTP/1 loop (the fast path) rather than pingora's \
                  proxy state machine.",
             )
             .expect("metric"),

@@ -85,7 +85,8 @@ pub struct ProxyOptions {
     pub upgrade: bool,
     /// Where listening sockets are handed over in a binary upgrade (`--upgrade-sock`).
     pub upgrade_sock: PathBuf,
-    /// Plain HTTP/1 requests in Weir's own loop (`--fast-path`, `route::WeirApp`).
+    /// Plain HTTP/1 requests in Weir's own loop (the default; off with `--no-fast-path`;
+    /// `route::WeirApp`).
     pub fast_path: bool,
 }
 
@@ -137,6 +138,8 @@ impl ProxyOptions {
         ));
         if self.fast_path {
             out.push_str("  fast path: plain HTTP/1 requests in Weir's own loop\n");
+        } else {
+            out.push_str("  fast path: off, every request through pingora's proxy\n");
         }
         if self.upgrade {
             out.push_str(&format!(

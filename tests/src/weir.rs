@@ -53,16 +53,16 @@ pub struct WeirBuilder {
     /// Bind these (http, internal, admin) addresses instead of free ones: a second process
     /// taking over the first one's listeners (`--upgrade`).
     addrs: Option<(SocketAddr, SocketAddr, SocketAddr)>,
-    /// Whether `WEIR_TEST_FAST_PATH=1` adds `--fast-path` (off for a test that compares the
-    /// two paths and chooses itself).
-    env_fast_path: bool,
+    /// Whether `WEIR_TEST_PROXY_PATH=1` adds `--no-fast-path` (off for a test that compares
+    /// the two paths and chooses itself).
+    env_path: bool,
 }
 
 impl WeirBuilder {
-    /// Through pingora's proxy path whatever `WEIR_TEST_FAST_PATH` says (the flag only when
-    /// given with [`WeirBuilder::arg`]).
+    /// The path the flags given with [`WeirBuilder::arg`] choose (the fast path unless
+    /// `--no-fast-path`), whatever `WEIR_TEST_PROXY_PATH` says.
     pub fn path_as_given(mut self) -> Self {
-        self.env_fast_path = false;
+        self.env_path = false;
         self
     }
 
@@ -160,11 +160,10 @@ impl WeirBuilder {
                 .join(format!("stderr.{attempt}.log"));
             let mut cmd = Command::new(&self.bin);
             cmd.arg("proxy");
-            // The whole suite once more through the fast path (`./dev test` runs it both ways).
-            if self.env_fast_path
-                && std::env::var_os("WEIR_TEST_FAST_PATH").is_some_and(|v| v == "1")
-            {
-                cmd.arg("--fast-path");
+            // The whole suite once more through pingora's proxy path alone (`./dev test`
+            // runs it both ways).
+            if self.env_path && std::env::var_os("WEIR_TEST_PROXY_PATH").is_some_and(|v| v == "1") {
+                cmd.arg("--no-fast-path");
             }
             if self.config_flag {
                 cmd.arg("--config").arg(&config_path);
@@ -262,7 +261,7 @@ impl Weir {
             gateway: None,
             wait_ready: true,
             addrs: None,
-            env_fast_path: true,
+            env_path: true,
         }
     }
 

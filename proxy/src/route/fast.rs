@@ -1,5 +1,5 @@
-//! Weir's own HTTP/1 request loop for plain requests (`weir proxy --fast-path`, off by
-//! default).
+//! Weir's own HTTP/1 request loop for plain requests (on by default; `weir proxy
+//! --no-fast-path` turns it off).
 //!
 //! pingora-proxy runs every request through its state machine: a session wrapper with cache,
 //! compression and subrequest state, a boxed future per hook, and a pair of halves joined
@@ -19,7 +19,7 @@
 //! code. Weir's own phases (headers, response head, log) are the same functions the proxy
 //! path's hooks call.
 //!
-//! Differences from the proxy path, by design (docs/behaviour.md, "With `--fast-path`"): the
+//! Differences from the proxy path, by design (docs/behaviour.md, "The fast path"): the
 //! client is not read while its request is proxied, so a request that must wait for an
 //! endpoint after a failed connect does not notice its client going away, and a body is sent
 //! whole before the answer is read; the upstream connection pool is this app's own (a

@@ -46,7 +46,7 @@ async fn slow_backend_is_not_timed_out() {
     let start = Instant::now();
     let r = get(&format!("{}/delay/5000", weir.http_url()), HOST, &[]).await;
     assert_eq!(r.status, 200, "after {:?}: {r:?}", start.elapsed());
-    assert_eq!(r.revision(), Some("hello-00001"));
+    assert_eq!(r.revision(), Some("hello-00001"), "{r:?}");
     assert!(start.elapsed() >= Duration::from_secs(5));
     assert_eq!(backend.requests(), 1);
 }

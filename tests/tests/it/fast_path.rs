@@ -1,7 +1,7 @@
-//! The fast path (`weir proxy --fast-path`, docs/performance.md#the-fast-path) against
-//! pingora's proxy path, differentially: the same bytes in must give the same request
-//! upstream and the same answer out (but its `Date`). Two Weirs with the same config, one
-//! with the flag, each in front of its own recording backend; a few hundred requests drawn
+//! The fast path (the default of `weir proxy`, docs/performance.md#the-fast-path) against
+//! pingora's proxy path (`--no-fast-path`), differentially: the same bytes in must give the
+//! same request upstream and the same answer out (but its `Date`). Two Weirs with the same
+//! config, one with each, each in front of its own recording backend; a few hundred requests drawn
 //! with a fixed seed from valid, odd and hostile pieces (smuggling shapes included) are sent
 //! to both, on kept-alive connections (a quarter of them pipelined), against backends
 //! answering in every framing.
@@ -501,8 +501,8 @@ fn weir_with(backend: SocketAddr, fast: bool) -> Weir {
         "revisions": [{"name": "hello-00001", "endpoints": [backend.to_string()]}],
     });
     let mut b = Weir::builder(weir_bin!(), &config).path_as_given();
-    if fast {
-        b = b.arg("--fast-path");
+    if !fast {
+        b = b.arg("--no-fast-path");
     }
     b.start()
 }
@@ -541,7 +541,7 @@ async fn same_bytes_in_same_request_upstream_and_same_answer_out() {
         case += n;
         // Not behind a target pingora has to escape (`/x y`): there the proxy path reads the
         // next request's bytes while proxying and answers 400, where the fast path serves both
-        // (docs/behaviour.md "With `--fast-path`").
+        // (docs/behaviour.md "The fast path").
         let escaped = requests.iter().any(|r| find(&r.1, b" /x y ").is_some());
         conns.push(Conn {
             pipelined: n > 1 && !escaped && rng.chance(25),
@@ -599,10 +599,7 @@ async fn small_bodies_take_the_fast_path_large_and_chunked_ones_the_proxy() {
         "services": [{"name": "hello", "traffic": [{"revision": "hello-00001", "percent": 100}]}],
         "revisions": [{"name": "hello-00001", "endpoints": [backend.addr().to_string()]}],
     });
-    let weir = Weir::builder(weir_bin!(), &config)
-        .path_as_given()
-        .arg("--fast-path")
-        .start();
+    let weir = Weir::builder(weir_bin!(), &config).path_as_given().start();
     let client = weir_tests::new_client();
     let url = format!("{}/", weir.http_url());
     let host = "hello.default.example.com";
