@@ -1879,7 +1879,6 @@ fn escape_illegal_request_line(buf: &BytesMut) -> Option<BytesMut> {
     }
 }
 
-#[inline]
 /// Where `part` (a piece of the request line httparse returned) lies in the buffer that starts
 /// at address `base` and holds `len` bytes; empty when absent or not in that buffer.
 fn span_in(base: usize, len: usize, part: Option<&str>) -> std::ops::Range<usize> {
@@ -1892,6 +1891,7 @@ fn span_in(base: usize, len: usize, part: Option<&str>) -> std::ops::Range<usize
     }
 }
 
+#[inline]
 fn parse_req_buffer<'buf>(
     req: &mut httparse::Request<'_, 'buf>,
     buf: &'buf [u8],
