@@ -36,12 +36,12 @@ fi
 data="$PWD/target/pgo-data"
 rm -rf "$data" && mkdir -p "$data"
 RUSTFLAGS="-Cprofile-generate=$data" \
-  cargo build --release --bin weir --target-dir target/pgo-gen
+  cargo build --release --locked --bin weir --target-dir target/pgo-gen
 # The build's own instrumented programs (build scripts, proc macros) wrote profiles into
 # $data too; the training run writes weir's under its own name, and only that is merged.
 LLVM_PROFILE_FILE="$data/train-%m.profraw" \
   python3 benches/pgo_train.py --weir target/pgo-gen/release/weir
 "$profdata" merge -o "$data/weir.profdata" "$data"/train-*.profraw
 RUSTFLAGS="-Cprofile-use=$data/weir.profdata" \
-  cargo build --release --bin weir --target-dir target/pgo
+  cargo build --release --locked --bin weir --target-dir target/pgo
 echo "target/pgo/release/weir: built with the profile $data/weir.profdata" >&2

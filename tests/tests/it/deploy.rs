@@ -172,10 +172,17 @@ fn kourier_manifests_run_the_binary_with_arguments_it_accepts() {
         assert!(stdout.contains(line), "{line:?} not in:\n{stdout}");
     }
 
-    // The image: the Dockerfile builds that binary and makes it the entrypoint.
+    // The image: the Dockerfile builds that binary (profile-guided by default, through the
+    // script the repository's own figures come from) and makes it the entrypoint.
     let dockerfile = std::fs::read_to_string(repo().join("deploy/Dockerfile")).unwrap();
+    assert!(dockerfile.contains("ARG PGO=1"));
+    assert!(dockerfile.contains("benches/pgo.sh"));
+    assert!(dockerfile.contains("cp target/pgo/release/weir /weir"));
     assert!(dockerfile.contains("cargo build --release --locked --bin weir"));
+    assert!(dockerfile.contains("COPY --from=build /weir /usr/local/bin/weir"));
     assert!(dockerfile.contains(r#"ENTRYPOINT ["/usr/local/bin/weir"]"#));
+    let pgo = std::fs::read_to_string(repo().join("benches/pgo.sh")).unwrap();
+    assert!(pgo.contains("--locked") && pgo.contains("target/pgo/release/weir"));
     assert!(dockerfile.contains("USER 65532"), "non-root");
 }
 
