@@ -204,7 +204,8 @@ impl WeirBuilder {
                 gateway: self.gateway,
                 status: None,
             };
-            match weir.wait_ready(self.ready_timeout, self.wait_ready) {
+            let fresh_ports = self.addrs.is_none() && self.gateway.is_none();
+            match weir.wait_ready(self.ready_timeout, self.wait_ready, fresh_ports) {
                 Ok(()) => return weir,
                 Err(Some(status)) if attempt == 0 => {
                     eprintln!("weir exited at start ({status}); retrying on new ports");
@@ -378,18 +379,54 @@ impl Weir {
         }
     }
 
-    /// Ready: `GET /readyz` answers 200 and every data-plane listener accepts connections.
-    /// `Err(Some(status))` when the process exited, `Err(None)` on timeout.
+    /// Ready: `GET /readyz` answers 200 (when `wait_ready`) and every listener accepts
+    /// connections, and is this process's own when `fresh_ports` (the ports were picked free
+    /// for it: another process listening on one means Weir cannot have it; an upgrade's ports
+    /// are its predecessor's until the hand-over). `Err(Some(status))` when the process
+    /// exited (or was stopped for a taken port), `Err(None)` on timeout.
     fn wait_ready(
         &mut self,
         timeout: Duration,
         wait_ready: bool,
+        fresh_ports: bool,
     ) -> Result<(), Option<ExitStatus>> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.try_status() {
                 return Err(Some(status));
             }
+            // Listening means this process listens: a port picked free can be taken by
+            // another test's server before Weir binds it, and a connect would be answered
+            // by that server. Then Weir cannot have the port: stop it, and the retry takes
+            // new ports.
+            let pid = self.child.id();
+            // (Fresh ports are never a gateway's, whose ports are fixed.)
+            let all = [
+                Some(self.http),
+                Some(self.internal),
+                self.https,
+                Some(self.admin),
+            ];
+            let taken = fresh_ports
+                .then(|| {
+                    all.into_iter()
+                        .flatten()
+                        .find(|a| listener(pid, *a) == Listener::Other)
+                })
+                .flatten();
+            if let Some(taken) = taken {
+                eprintln!("port {} is another process's; stopping weir", taken.port());
+                let _ = self.child.kill();
+                if let Ok(status) = self.child.wait() {
+                    self.status = Some(status);
+                    return Err(Some(status));
+                }
+            }
+            // (An upgrade's successor gets its listeners only once its predecessor is told
+            // to hand them over, after this returns: there a connect is all to wait for.)
+            let owned = |addr: SocketAddr| {
+                connects(addr) && (!fresh_ports || listener(pid, addr) == Listener::Ours)
+            };
             let listening = match &self.gateway {
                 Some(g) => [
                     g.http,
@@ -400,14 +437,11 @@ impl Weir {
                     g.internal_https,
                 ]
                 .into_iter()
-                .all(connects),
-                None => {
-                    connects(self.http)
-                        && connects(self.internal)
-                        && self.https.is_none_or(connects)
-                }
+                .all(owned),
+                None => owned(self.http) && owned(self.internal) && self.https.is_none_or(owned),
             };
             let ready = listening
+                && owned(self.admin)
                 && (!wait_ready || matches!(blocking_get(self.admin, "/readyz"), Ok((200, _))));
             if ready {
                 return Ok(());
@@ -434,6 +468,59 @@ impl Drop for Weir {
 
 fn connects(addr: SocketAddr) -> bool {
     TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
+}
+
+/// Who listens on a port (from /proc: Linux only).
+#[derive(Debug, PartialEq, Eq)]
+enum Listener {
+    /// The process asked about.
+    Ours,
+    /// Another process.
+    Other,
+    /// Nobody.
+    Nobody,
+}
+
+/// Who holds a listening TCP socket on `addr`'s port: the `LISTEN` entries of /proc/net/tcp
+/// (and tcp6) for that port, and whether one of their inodes is among process `pid`'s open
+/// sockets.
+fn listener(pid: u32, addr: SocketAddr) -> Listener {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            // sl local_address rem_address st ... inode (column 9); st 0A is LISTEN.
+            if cols.len() < 10 || cols[3] != "0A" {
+                continue;
+            }
+            let port = cols[1]
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            if port == Some(addr.port()) {
+                inodes.push(format!("socket:[{}]", cols[9]));
+            }
+        }
+    }
+    if inodes.is_empty() {
+        return Listener::Nobody;
+    }
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        // The process is gone (its exit is seen by the caller) or not readable.
+        return Listener::Nobody;
+    };
+    let ours = fds.flatten().any(|fd| {
+        fs::read_link(fd.path())
+            .is_ok_and(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
+    });
+    if ours {
+        Listener::Ours
+    } else {
+        Listener::Other
+    }
 }
 
 /// A one-shot `GET` over a fresh connection, blocking: (status, body). For readiness
