@@ -20,6 +20,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
+use pingora::protocols::http::authority::validate_request_authority;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora::proxy::FailToProxy;
@@ -63,6 +64,7 @@ static XFP_WIRE: Bytes = Bytes::from_static(b"X-Forwarded-Proto");
 // Removed from every request: named once rather than parsed from a &str per request.
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// Requests between their first byte and their last log line, across all listeners.
 /// SIGTERM drains until this is zero.
@@ -397,6 +399,126 @@ impl WeirProxy {
             req.insert_header(header::HOST, host.clone())?;
         }
         Ok(())
+    }
+
+    /// The upstream request head as it goes on the wire, written straight from the downstream
+    /// head for a request that the general way (`sanitize_h1_upstream_request`,
+    /// [`Self::upstream_headers`], `finish_h1_upstream_request`, pingora's serializer) would
+    /// only add fields to or replace fields of in place: no hop-by-hop field, one `Host`
+    /// without userinfo, an origin-form target, no route adding headers or rewriting the host,
+    /// no `K-Proxy-Request` to drop. For those it writes the same bytes (the differential test,
+    /// tests/tests/it/fast_path.rs, holds it to that): the request line in HTTP/1.1, the
+    /// client's fields in the header map's order (each name's values together, each in its
+    /// own letter case), a field Weir sets where its name first was (one value, in Weir's
+    /// case), Weir's new fields after them in the order `upstream_headers` inserts them. What
+    /// it saves is the head's clone into two header maps, the inserts into both and the
+    /// serializing of them (docs/performance.md, "The upstream head written directly").
+    ///
+    /// `None`: the request takes the general way (a field must go — removal reorders
+    /// pingora's header map — or something must be checked or rewritten).
+    pub(crate) fn upstream_head_wire(
+        &self,
+        downstream: &ServerSession,
+        ctx: &Ctx,
+    ) -> Option<Vec<u8>> {
+        let req = downstream.req_header();
+        if !req.has_case()
+            || ctx.pre_headers.is_some()
+            || ctx.post_headers.is_some()
+            || ctx.rewrite_host.is_some()
+            || req.method == http::Method::CONNECT
+        {
+            return None;
+        }
+        let path = req.raw_path();
+        if path.first() != Some(&b'/')
+            || path
+                .iter()
+                .any(|&b| matches!(b, b'\0' | b'\n' | b'\r' | b' '))
+        {
+            return None;
+        }
+        let mut hosts = req.headers.get_all(header::HOST).iter();
+        if hosts.next()?.as_bytes().contains(&b'@') || hosts.next().is_some() {
+            return None;
+        }
+        // What the general way checks of the final head's authority: the same Host, target
+        // and method as here.
+        validate_request_authority(req).ok()?;
+
+        // Weir's fields, in `upstream_headers`' order.
+        let mut set: [Option<(&HeaderName, &Bytes, HeaderValue)>; 6] = Default::default();
+        if let Some(rev) = &ctx.revision {
+            set[0] = Some((&REVISION_HEADER, &REVISION_WIRE, rev.name_value.clone()));
+            set[1] = Some((
+                &NAMESPACE_HEADER,
+                &NAMESPACE_WIRE,
+                rev.namespace_value.clone(),
+            ));
+        }
+        if let Some(tag) = &ctx.tag {
+            set[2] = Some((&TAG_HEADER, &TAG_WIRE, tag.clone()));
+        }
+        {
+            let snap = self.state.load();
+            let fwd = &snap.settings().forwarded;
+            if fwd.use_remote_address {
+                if let Some(PingoraAddr::Inet(addr)) = downstream.client_addr() {
+                    let xff = forwarded_for(req.headers.get(&XFF), addr.ip());
+                    set[3] = Some((&XFF, &XFF_WIRE, xff));
+                }
+            }
+            if fwd.trusted_hops == 0 || !req.headers.contains_key(&XFP) {
+                set[4] = Some((&XFP, &XFP_WIRE, self.scheme.clone()));
+            }
+        }
+        if self.reporting {
+            set[5] = Some((&PROXY_HEADER, &PROXY_WIRE, ACTIVATOR.clone()));
+        } else if self.listener == Listener::External && req.headers.contains_key(&PROXY_HEADER) {
+            return None;
+        }
+
+        let method = req.method.as_str().as_bytes();
+        let mut wire = Vec::with_capacity(method.len() + path.len() + 256);
+        wire.extend_from_slice(method);
+        wire.push(b' ');
+        wire.extend_from_slice(path);
+        wire.extend_from_slice(b" HTTP/1.1\r\n");
+        fn field(wire: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+            wire.extend_from_slice(name);
+            wire.extend_from_slice(b": ");
+            wire.extend_from_slice(value);
+            wire.extend_from_slice(b"\r\n");
+        }
+        let mut written = [false; 6];
+        // `HeaderMap::iter` and `case_header_iter` visit the fields in the same order
+        // (pingora's serializer zips them the same way).
+        for ((name, value), (case, _)) in req.headers.iter().zip(req.case_header_iter()) {
+            if is_standard_hop_by_hop(name) {
+                return None;
+            }
+            match set
+                .iter()
+                .position(|s| s.as_ref().is_some_and(|(n, ..)| *n == name))
+            {
+                // Replaced where the name first was, once for all its values.
+                Some(i) => {
+                    if !written[i] {
+                        written[i] = true;
+                        let (_, wire_name, value) = set[i].as_ref()?;
+                        field(&mut wire, wire_name, value.as_bytes());
+                    }
+                }
+                None => field(&mut wire, case.as_slice(), value.as_bytes()),
+            }
+        }
+        for (s, written) in set.iter().zip(written) {
+            if let (Some((_, wire_name, value)), false) = (s, written) {
+                field(&mut wire, wire_name, value.as_bytes());
+            }
+        }
+        wire.extend_from_slice(b"\r\n");
+        Some(wire)
     }
 
     /// The answer's head on its way to the client: closes near `max_connections`, sets the
@@ -940,6 +1062,21 @@ fn write_ip(out: &mut [u8; 64], ip: std::net::IpAddr) -> usize {
 /// Drops hop-by-hop headers (RFC 9110 section 7.6.1): `Connection` and the headers it names,
 /// `Keep-Alive`, `Proxy-Connection`, `TE` (but `trailers`, which gRPC needs) and `Upgrade`
 /// unless this is an upgrade. Framing headers are left to pingora, which re-frames the body.
+/// Whether pingora's upstream request policy (`strip_standard_hop_by_hop_headers`) removes a
+/// field of this name; Weir's own list (`strip_hop_by_hop`) is a part of it.
+fn is_standard_hop_by_hop(name: &HeaderName) -> bool {
+    *name == header::CONNECTION
+        || *name == header::TE
+        || *name == header::TRAILER
+        || *name == header::TRANSFER_ENCODING
+        || *name == header::UPGRADE
+        || *name == header::PROXY_AUTHENTICATE
+        || *name == header::PROXY_AUTHORIZATION
+        || *name == KEEP_ALIVE
+        || *name == PROXY_CONNECTION
+        || *name == HTTP2_SETTINGS
+}
+
 fn strip_hop_by_hop(req: &mut RequestHeader, upgrade: bool) {
     // Most requests carry none of these (and pingora's request policy has removed them
     // already): one pass over the names is cheaper than looking each one up.

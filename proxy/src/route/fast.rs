@@ -173,24 +173,22 @@ impl WeirApp {
         peer: &HttpPeer,
         ctx: &mut Ctx,
     ) -> Result<bool> {
-        // What `proxy_1to1` does to the request, in its order.
-        let mut req = downstream.req_header().clone();
-        let had_host = req.headers.contains_key(header::HOST);
-        let downstream_http11 = req.version == Version::HTTP_11;
-        req.set_version(Version::HTTP_11);
-        sanitize_h1_upstream_request(
-            &mut req,
-            peer.options.http_upstream_request_policy,
-            downstream_http11,
-        )
-        .map_err(|e| e.into_down())?;
-        self.weir.upstream_headers(downstream, &mut req, ctx)?;
-        let has_body = !downstream.is_body_empty();
-        finish_h1_upstream_request(&mut req, true, had_host, has_body)?;
-        client
-            .write_request_header(Box::new(req))
-            .await
-            .map_err(|e| e.into_up())?;
+        let head_request = downstream.req_header().method == Method::HEAD;
+        match self.weir.upstream_head_wire(downstream, ctx) {
+            // The common case: the head written straight from the client's.
+            Some(wire) => {
+                let body_length = if downstream.is_body_empty() {
+                    0
+                } else {
+                    content_length(downstream.req_header()).unwrap_or(0)
+                };
+                client
+                    .write_request_wire(&wire, head_request, body_length)
+                    .await
+                    .map_err(|e| e.into_up())?;
+            }
+            None => self.write_head(downstream, client, peer, ctx).await?,
+        }
         // The body (a Content-Length one of at most BODY_LIMIT, see `plan`): what an earlier
         // try read (pingora's retry buffer, as the proxy replays it), then the rest.
         downstream.enable_retry_buffering();
@@ -211,7 +209,6 @@ impl WeirApp {
         }
         client.finish_body().await.map_err(|e| e.into_up())?;
 
-        let head_request = downstream.req_header().method == Method::HEAD;
         loop {
             let task = match client.read_response_task().await {
                 Ok(HttpTask::Header(mut resp, end)) => {
@@ -244,6 +241,35 @@ impl WeirApp {
             }
         }
     }
+
+    /// The upstream request head the general way: what `proxy_1to1` does to the request, in
+    /// its order, on a copy of the client's head, then pingora's serializer.
+    async fn write_head(
+        &self,
+        downstream: &mut ServerSession,
+        client: &mut ClientSession,
+        peer: &HttpPeer,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let mut req = downstream.req_header().clone();
+        let had_host = req.headers.contains_key(header::HOST);
+        let downstream_http11 = req.version == Version::HTTP_11;
+        req.set_version(Version::HTTP_11);
+        sanitize_h1_upstream_request(
+            &mut req,
+            peer.options.http_upstream_request_policy,
+            downstream_http11,
+        )
+        .map_err(|e| e.into_down())?;
+        self.weir.upstream_headers(downstream, &mut req, ctx)?;
+        let has_body = !downstream.is_body_empty();
+        finish_h1_upstream_request(&mut req, true, had_host, has_body)?;
+        client
+            .write_request_header(Box::new(req))
+            .await
+            .map_err(|e| e.into_up())?;
+        Ok(())
+    }
 }
 
 impl WeirProxy {
@@ -263,18 +289,8 @@ impl WeirProxy {
         {
             return None;
         }
-        if !body_empty {
-            let len = req
-                .headers
-                .get(header::CONTENT_LENGTH)?
-                .to_str()
-                .ok()?
-                .trim()
-                .parse::<usize>()
-                .ok()?;
-            if len > BODY_LIMIT {
-                return None;
-            }
+        if !body_empty && content_length(req)? > BODY_LIMIT {
+            return None;
         }
         let snap = self.state.load();
         let routed = self.decide(req, &snap).ok()?;
@@ -315,6 +331,18 @@ impl WeirProxy {
             }
         }
     }
+}
+
+/// The request's `Content-Length` as the fast path takes it: one number (a list, even of
+/// equal numbers, goes the proxy's way).
+fn content_length(req: &RequestHeader) -> Option<usize> {
+    req.headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<usize>()
+        .ok()
 }
 
 #[async_trait]

@@ -273,7 +273,7 @@ fn request(rng: &mut Rng, case: usize, last: bool) -> Vec<u8> {
     const VERSIONS: &[&str] = &["HTTP/1.1", "HTTP/1.1", "HTTP/1.1", "HTTP/1.0", "HTTP/2.0"];
     const HOSTS: &[&str] = &[
         "Host: hello.default.example.com\r\n",
-        "Host: hello.default.example.com\r\n",
+        "Host: current-hello.default.example.com\r\n",
         "Host: HELLO.default.example.com:80\r\n",
         "host: hello.default.example.com.\r\n",
         "Host: nowhere.example.com\r\n",
@@ -495,12 +495,40 @@ struct Conn {
     requests: Vec<(usize, Vec<u8>, bool)>,
 }
 
-fn weir_with(backend: SocketAddr, fast: bool) -> Weir {
-    let config = json!({
-        "services": [{"name": "hello", "traffic": [{"revision": "hello-00001", "percent": 100}]}],
-        "revisions": [{"name": "hello-00001", "endpoints": [backend.to_string()]}],
-    });
-    let mut b = Weir::builder(weir_bin!(), &config).path_as_given();
+/// The differential test's configurations: a service with a tag (Weir's defaults otherwise),
+/// and the general form with what changes the upstream request — a path rule adding a header
+/// and rewriting the host, a split adding one, a client's `X-Forwarded-Proto` kept, no
+/// `X-Forwarded-For`, reporting to an autoscaler (`K-Proxy-Request: activator`).
+fn config(backend: SocketAddr, general: bool) -> serde_json::Value {
+    let revisions = json!([{"name": "hello-00001", "endpoints": [backend.to_string()]}]);
+    if !general {
+        return json!({
+            "services": [{"name": "hello", "traffic": [
+                {"revision": "hello-00001", "percent": 100, "tag": "current"}
+            ]}],
+            "revisions": revisions,
+        });
+    }
+    json!({
+        "ingresses": [{"name": "hello", "rules": [{
+            "hosts": ["hello.default.example.com", "current-hello.default.example.com"],
+            "paths": [
+                {"path": "/a", "append_headers": {"x-route": "v2"},
+                 "rewrite_host": "api-v2.internal",
+                 "splits": [{"revision": "hello-00001", "percent": 100,
+                             "append_headers": {"x-split": "b"}}]},
+                {"path": "", "splits": [{"revision": "hello-00001", "percent": 100}]},
+            ],
+        }]}],
+        "revisions": revisions,
+        "forwarded": {"use_remote_address": false, "trusted_hops": 1},
+        // Nothing listens there: Weir reports (and sets `K-Proxy-Request`) all the same.
+        "autoscaler": {"url": "ws://127.0.0.1:9/"},
+    })
+}
+
+fn weir_with(backend: SocketAddr, fast: bool, general: bool) -> Weir {
+    let mut b = Weir::builder(weir_bin!(), &config(backend, general)).path_as_given();
     if !fast {
         b = b.arg("--no-fast-path");
     }
@@ -516,6 +544,16 @@ async fn served_fast(weir: &Weir) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_bytes_in_same_request_upstream_and_same_answer_out() {
+    differential(false).await;
+}
+
+/// The same with the general form's rules, a trusted hop and reporting ([`config`]).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_bytes_in_same_request_upstream_and_same_answer_out_with_rules() {
+    differential(true).await;
+}
+
+async fn differential(general: bool) {
     let cases: usize = std::env::var("WEIR_DIFF_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -550,8 +588,8 @@ async fn same_bytes_in_same_request_upstream_and_same_answer_out() {
     }
     let (addr_p, rec_p) = recording_backend().await;
     let (addr_f, rec_f) = recording_backend().await;
-    let proxy = weir_with(addr_p, false);
-    let fast = weir_with(addr_f, true);
+    let proxy = weir_with(addr_p, false, general);
+    let fast = weir_with(addr_f, true, general);
     let seen_p = run(proxy.http_addr(), &conns).await;
     let seen_f = run(fast.http_addr(), &conns).await;
     let mut mismatches = Vec::new();

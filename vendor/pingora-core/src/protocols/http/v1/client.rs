@@ -56,6 +56,9 @@ pub struct HttpSession {
     digest: std::sync::OnceLock<Box<Digest>>,
     response_header: Option<Box<ResponseHeader>>,
     request_written: Option<Box<RequestHeader>>,
+    // Weir patch: the request was HEAD, for a head written by `write_request_wire` (which
+    // keeps no `RequestHeader` to look at).
+    wire_head_request: bool,
     bytes_sent: usize,
     /// Total response body payload bytes received from upstream
     body_recv: usize,
@@ -86,6 +89,7 @@ impl HttpSession {
             keepalive_timeout: KeepaliveStatus::Off,
             response_header: None,
             request_written: None,
+            wire_head_request: false,
             read_timeout: None,
             write_timeout: None,
             digest: std::sync::OnceLock::new(),
@@ -124,8 +128,41 @@ impl HttpSession {
             )
         })?;
         trace!("Writing request header: {to_wire:?}");
+        self.write_head(&to_wire).await?;
 
-        let write_fut = self.underlying_stream.write_all(to_wire.as_ref());
+        // write was successful
+        self.request_written = Some(req);
+        Ok(to_wire.len())
+    }
+
+    /// Write a request head the caller serialized itself: `wire` is the request line, the
+    /// header fields and the blank line, as they go out. For a caller that writes the upstream
+    /// head straight from another (a proxy's common case: the downstream head as it came,
+    /// plus a few fields), without building a [`RequestHeader`] to serialize: that is two
+    /// header maps (values and letter case) filled to be read once.
+    ///
+    /// What the session would otherwise look up in the head, the caller says:
+    /// `head_request`, the method is HEAD (the answer has no body); `body_length`, the request
+    /// body's length, framed by `Content-Length` (0: no body). The head must not carry
+    /// `Connection`, `Upgrade` or `Transfer-Encoding`: nothing here reads them (a request that
+    /// has them is written with [`Self::write_request_header()`]).
+    ///
+    /// Weir patch (new).
+    pub async fn write_request_wire(
+        &mut self,
+        wire: &[u8],
+        head_request: bool,
+        body_length: usize,
+    ) -> Result<usize> {
+        self.body_writer.init_content_length(body_length);
+        self.write_head(wire).await?;
+        self.wire_head_request = head_request;
+        Ok(wire.len())
+    }
+
+    /// Writes a serialized request head and flushes it, within the write timeout.
+    async fn write_head(&mut self, wire: &[u8]) -> Result<()> {
+        let write_fut = self.underlying_stream.write_all(wire);
         match self.write_timeout {
             Some(t) => match timeout(t, write_fut).await {
                 Ok(res) => res,
@@ -143,11 +180,7 @@ impl HttpSession {
         self.underlying_stream
             .flush()
             .await
-            .or_err(WriteError, "flushing request header")?;
-
-        // write was successful
-        self.request_written = Some(req);
-        Ok(to_wire.len())
+            .or_err(WriteError, "flushing request header")
     }
 
     async fn do_write_body(&mut self, buf: &[u8]) -> Result<Option<usize>> {
@@ -704,11 +737,14 @@ impl HttpSession {
                 false
             };
 
-            if let Some(req) = self.request_written.as_ref() {
-                if req.method == http::method::Method::HEAD {
-                    self.body_reader.init_content_length(0, preread_body);
-                    return;
-                }
+            if self.wire_head_request
+                || self
+                    .request_written
+                    .as_ref()
+                    .is_some_and(|req| req.method == http::method::Method::HEAD)
+            {
+                self.body_reader.init_content_length(0, preread_body);
+                return;
             }
 
             if upgraded {
