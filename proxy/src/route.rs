@@ -20,7 +20,6 @@ use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
-use pingora::protocols::http::authority::validate_request_authority;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora::proxy::FailToProxy;
@@ -438,13 +437,13 @@ impl WeirProxy {
         {
             return None;
         }
-        let mut hosts = req.headers.get_all(header::HOST).iter();
-        if hosts.next()?.as_bytes().contains(&b'@') || hosts.next().is_some() {
+        // A `Host` (without one, HTTP/1.0, the general way decides whether to add one). What
+        // the general way checks of the final head's authority (`validate_request_authority`:
+        // one `Host`, no userinfo in it, a target that agrees) pingora's `read_request`
+        // checked on this same head: the same `Host`, target and method as here.
+        if !req.headers.contains_key(header::HOST) {
             return None;
         }
-        // What the general way checks of the final head's authority: the same Host, target
-        // and method as here.
-        validate_request_authority(req).ok()?;
 
         // Weir's fields, in `upstream_headers`' order.
         let mut set: [Option<(&HeaderName, &Bytes, HeaderValue)>; 6] = Default::default();
