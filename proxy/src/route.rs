@@ -1058,9 +1058,6 @@ fn write_ip(out: &mut [u8; 64], ip: std::net::IpAddr) -> usize {
     }
 }
 
-/// Drops hop-by-hop headers (RFC 9110 section 7.6.1): `Connection` and the headers it names,
-/// `Keep-Alive`, `Proxy-Connection`, `TE` (but `trailers`, which gRPC needs) and `Upgrade`
-/// unless this is an upgrade. Framing headers are left to pingora, which re-frames the body.
 /// Whether pingora's upstream request policy (`strip_standard_hop_by_hop_headers`) removes a
 /// field of this name; Weir's own list (`strip_hop_by_hop`) is a part of it.
 fn is_standard_hop_by_hop(name: &HeaderName) -> bool {
@@ -1076,6 +1073,9 @@ fn is_standard_hop_by_hop(name: &HeaderName) -> bool {
         || *name == HTTP2_SETTINGS
 }
 
+/// Drops hop-by-hop headers (RFC 9110 section 7.6.1): `Connection` and the headers it names,
+/// `Keep-Alive`, `Proxy-Connection`, `TE` (but `trailers`, which gRPC needs) and `Upgrade`
+/// unless this is an upgrade. Framing headers are left to pingora, which re-frames the body.
 fn strip_hop_by_hop(req: &mut RequestHeader, upgrade: bool) {
     // Most requests carry none of these (and pingora's request policy has removed them
     // already): one pass over the names is cheaper than looking each one up.
