@@ -3,7 +3,7 @@
 
 /// The allocator `weir` has (`proxy/src/main.rs`), so that what the tests measure is `weir`.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: weir_alloc::Mimalloc = weir_alloc::Mimalloc;
 
 fn main() -> std::process::ExitCode {
     weir_proxy::cli::main()
