@@ -110,3 +110,136 @@ async fn requests_shorter_than_the_h2_preface_are_answered() {
     assert_eq!(backend.requests(), 0);
     // h2c is still detected: the protocols tests run gRPC and HTTP/2 over this listener.
 }
+
+/// Answers are framed as their heads say, whatever the path (the fast path by default, the
+/// proxy under `WEIR_TEST_PROXY_PATH=1`): by `Content-Length` (identical duplicates
+/// reconciled), by chunked `Transfer-Encoding` over a `Content-Length`, to the close without
+/// either or when chunked is not the last coding; a conflicting or unparseable
+/// `Content-Length` is a 502 and the client never sees the bytes. The backend counts its
+/// connections: the answers framed by length leave it reusable, and the later requests
+/// reuse it.
+#[tokio::test]
+async fn answers_are_framed_as_their_heads_say() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conns = Arc::new(AtomicUsize::new(0));
+    let counted = conns.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    buf.drain(..end);
+                    let path = head.split(' ').nth(1).unwrap_or("/").to_string();
+                    let (answer, close): (&str, bool) = match path.as_str() {
+                        "/length" => ("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", false),
+                        "/twice" => (
+                            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\ncontent-length: 5\r\n\r\ntwice",
+                            false,
+                        ),
+                        "/chunked-over-length" => (
+                            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nabcde\r\n0\r\n\r\n",
+                            false,
+                        ),
+                        "/head" => ("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", false),
+                        "/to-close" => ("HTTP/1.1 200 OK\r\nX-A: 1\r\n\r\nuntil the close", true),
+                        "/gzip-to-close" => (
+                            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nraw bytes",
+                            true,
+                        ),
+                        "/conflicting" => (
+                            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nbad",
+                            true,
+                        ),
+                        "/unparseable" => ("HTTP/1.1 200 OK\r\nContent-Length: 3x\r\n\r\nbad", true),
+                        _ => ("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", false),
+                    };
+                    if s.write_all(answer.as_bytes()).await.is_err() || close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let weir = start_weir!(json!({
+        "services": [{"name": "hello", "traffic": [{"revision": "hello-00001", "percent": 100}]}],
+        "revisions": [{"name": "hello-00001", "endpoints": [addr.to_string()]}],
+    }));
+    let get = |method: &str, path: &str| {
+        format!("{method} {path} HTTP/1.1\r\n{HOST}Connection: close\r\n\r\n")
+    };
+    // Framed by length: one upstream connection for all of them.
+    for (path, body) in [
+        ("/length", "hello"),
+        ("/twice", "twice"),
+        ("/chunked-over-length", "abcde"),
+        ("/length", "hello"),
+    ] {
+        let r = raw_request(weir.http_addr(), &get("GET", path)).await;
+        assert_eq!((r.status, r.body.as_str()), (200, body), "{path}");
+    }
+    // HEAD: the head only (read to the close: `raw_request` would wait for the body).
+    let mut s = tokio::net::TcpStream::connect(weir.http_addr())
+        .await
+        .unwrap();
+    s.write_all(get("HEAD", "/head").as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer))
+        .await
+        .expect("HEAD answered and closed")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200 "), "HEAD: {answer:?}");
+    assert!(
+        answer.ends_with("\r\n\r\n"),
+        "HEAD: a body after the head: {answer:?}"
+    );
+    assert!(answer.contains("Content-Length: 5\r\n"), "HEAD: {answer:?}");
+    let r = raw_request(weir.http_addr(), &get("GET", "/length")).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "hello"), "after HEAD");
+    assert_eq!(
+        conns.load(Ordering::SeqCst),
+        1,
+        "answers framed by length left the upstream connection reusable"
+    );
+    // To the close: the whole body, and the connection it ended is not reused (the next
+    // request opens another).
+    for (path, body) in [
+        ("/to-close", "until the close"),
+        ("/gzip-to-close", "raw bytes"),
+    ] {
+        let before = conns.load(Ordering::SeqCst);
+        let r = raw_request(weir.http_addr(), &get("GET", path)).await;
+        assert_eq!((r.status, r.body.as_str()), (200, body), "{path}");
+        let r = raw_request(weir.http_addr(), &get("GET", "/length")).await;
+        assert_eq!((r.status, r.body.as_str()), (200, "hello"), "after {path}");
+        assert_eq!(
+            conns.load(Ordering::SeqCst),
+            before + 1,
+            "{path}: not reused"
+        );
+    }
+    // Ambiguous lengths never reach the client.
+    for path in ["/conflicting", "/unparseable"] {
+        let r = raw_request(weir.http_addr(), &get("GET", path)).await;
+        assert_eq!(r.status, 502, "{path}: {:?}", r.body);
+        assert!(!r.body.contains("bad"), "{path}: {:?}", r.body);
+    }
+}

@@ -72,6 +72,10 @@ pub struct HttpSession {
     // If allowed, does not fail with error on invalid content-length
     // (treats as close-delimited response).
     allow_h1_response_invalid_content_length: bool,
+    // Weir patch: the response head's framing `Content-Length` as `validate_response`
+    // resolved it (`None`: absent, tolerated as invalid, or `Transfer-Encoding` frames the
+    // body), so that `init_body_reader` does not resolve it a second time.
+    resolved_content_length: Option<usize>,
 }
 
 /// HTTP 1.x client session
@@ -99,6 +103,7 @@ impl HttpSession {
             received_upgrade_req_body: false,
             close_delimited_resp: false,
             allow_h1_response_invalid_content_length: false,
+            resolved_content_length: None,
         }
     }
 
@@ -231,7 +236,7 @@ impl HttpSession {
 
     // Validate the response header read. This function must be called after the response header
     // read.
-    fn validate_response(&self) -> Result<()> {
+    fn validate_response(&mut self) -> Result<()> {
         let resp_header = self
             .response_header
             .as_ref()
@@ -243,18 +248,30 @@ impl HttpSession {
         // unrecoverable framing error. A peer may opt to tolerate a single,
         // otherwise-invalid value and treat the response as close-delimited.
         // Note: Content-Length is already removed if Transfer-Encoding is present.
-        if let Err(e) = super::common::validate_content_length(&resp_header.headers) {
-            if self.allow_h1_response_invalid_content_length
-                && super::common::content_length_is_single_token(&resp_header.headers)
-            {
-                debug!(
-                    "tolerating invalid Content-Length ({e}); \
-                     treating response as close-delimited"
-                );
-            } else {
-                return Err(e);
+        // Weir patch: the value resolved here is kept for `init_body_reader`
+        // (`validate_content_length`, which resolved it and dropped it, inlined).
+        let resolved = if resp_header.headers.get(header::TRANSFER_ENCODING).is_some() {
+            // HTTP/1: Transfer-Encoding takes precedence over Content-Length.
+            Ok(None)
+        } else {
+            content_length_for_framing(&resp_header.headers)
+        };
+        self.resolved_content_length = match resolved {
+            Ok(length) => length,
+            Err(e) => {
+                if self.allow_h1_response_invalid_content_length
+                    && super::common::content_length_is_single_token(&resp_header.headers)
+                {
+                    debug!(
+                        "tolerating invalid Content-Length ({e}); \
+                         treating response as close-delimited"
+                    );
+                    None
+                } else {
+                    return Err(e);
+                }
             }
-        }
+        };
 
         Ok(())
     }
@@ -753,7 +770,7 @@ impl HttpSession {
             } else if self.is_chunked_encoding() {
                 // if chunked encoding, content-length should be ignored
                 self.body_reader.init_chunked(preread_body);
-            } else if let Some(cl) = self.get_content_length().unwrap_or(None) {
+            } else if let Some(cl) = self.resolved_content_length {
                 self.body_reader.init_content_length(cl, preread_body);
             } else {
                 self.body_reader.init_close_delimited(preread_body);
@@ -795,13 +812,6 @@ impl HttpSession {
         if self.was_upgraded() {
             self.received_upgrade_req_body = true;
             self.body_writer.convert_to_close_delimited();
-        }
-    }
-
-    fn get_content_length(&self) -> Result<Option<usize>> {
-        match self.resp_header() {
-            Some(h) => content_length_for_framing(&h.headers),
-            None => Ok(None),
         }
     }
 
