@@ -6,9 +6,9 @@
 //! everything larger (a session's buffers, the boxed request future) goes through the
 //! aligned allocator's generic path, which works out whether the size's bin is naturally
 //! aligned before calling the ordinary allocation. That is about 88 instructions per
-//! allocation on Weir's request path against about 40 for `mi_malloc` (callgrind,
-//! docs/performance.md, "The allocator called directly"). Rust's own `System` allocator
-//! makes the same choice between `malloc` and `posix_memalign`.
+//! allocation on Weir's request path against about 50 for `mi_malloc` (callgrind,
+//! docs/performance.md, "Allocator calls, per-thread runtimes, fewer lookups"). Rust's own
+//! `System` allocator makes the same choice between `malloc` and `posix_memalign`.
 
 #![allow(unsafe_code)]
 

@@ -313,7 +313,7 @@ pub fn run(opts: ProxyOptions, rt: &tokio::runtime::Runtime, state: Arc<State>) 
         // random when accepted and served there to its end (as Envoy's workers, nginx's
         // worker processes): without work stealing a wake-up costs no cross-thread queue
         // and no scheduler bookkeeping, ~1,100 instructions per request (docs/performance.md,
-        // "Per-thread runtimes").
+        // "Allocator calls, per-thread runtimes, fewer lookups").
         work_stealing: false,
         ..ServerConf::default()
     };
