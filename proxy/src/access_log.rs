@@ -278,7 +278,7 @@ fn millis(out: &mut Vec<u8>, d: Duration) {
 /// `IP:port` (`[IPv6]:port`), as `SocketAddr`'s `Display` writes it.
 fn addr(out: &mut Vec<u8>, a: SocketAddr) {
     // Into a buffer on the stack and out in one copy: digit by digit into the line's `Vec`
-    // cost twice as much (each `push` checks the capacity).
+    // cost about 1.8 times as much (each `push` checks the capacity).
     let mut buf = [0u8; 64];
     let mut n = 0;
     if a.is_ipv6() {
@@ -320,8 +320,8 @@ fn opt_str(out: &mut Vec<u8>, v: Option<&[u8]>) {
 }
 
 /// Whether `s` is printable ASCII without `"` or `\` (what both formats copy as is), eight
-/// bytes at a time: a host, path or user agent is checked on every line, and byte by byte
-/// this was a third of a line's cost.
+/// bytes at a time: seven strings of a line are checked (host, path, user agent, ...), and
+/// byte by byte the checks cost about 260 instructions more per line (callgrind).
 fn plain(s: &[u8]) -> bool {
     const ONES: u64 = u64::from_ne_bytes([1; 8]);
     const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);

@@ -1033,8 +1033,9 @@ fn forwarded_for(existing: Option<&HeaderValue>, ip: std::net::IpAddr) -> Header
 
 /// The first value under each of `names` (as `HeaderMap::get` gives it), in one pass over a
 /// head of up to [`ONE_PASS_FIELDS`] fields: each `get` hashes its name and probes the map
-/// (~130 instructions; the access log wants four of them), while comparing a field's name
-/// with a standard one is a byte compare. A larger head is looked up name by name.
+/// (~130 instructions; the access log wants four of them), while comparing two names is
+/// cheap (a tag for standard names, bytes for others). A larger head is looked up name by
+/// name.
 fn first_values<'h, const N: usize>(
     headers: &'h http::HeaderMap,
     names: [&HeaderName; N],
