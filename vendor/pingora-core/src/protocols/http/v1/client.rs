@@ -248,14 +248,8 @@ impl HttpSession {
         // unrecoverable framing error. A peer may opt to tolerate a single,
         // otherwise-invalid value and treat the response as close-delimited.
         // Note: Content-Length is already removed if Transfer-Encoding is present.
-        // Weir patch: the value resolved here is kept for `init_body_reader`
-        // (`validate_content_length`, which resolved it and dropped it, inlined).
-        let resolved = if resp_header.headers.get(header::TRANSFER_ENCODING).is_some() {
-            // HTTP/1: Transfer-Encoding takes precedence over Content-Length.
-            Ok(None)
-        } else {
-            content_length_for_framing(&resp_header.headers)
-        };
+        // Weir patch: the length resolved here is kept for `init_body_reader`.
+        let resolved = super::common::validate_content_length(&resp_header.headers);
         self.resolved_content_length = match resolved {
             Ok(length) => length,
             Err(e) => {
