@@ -38,6 +38,7 @@ pub use pingora_runtime::{RuntimeMetricsOpts, RuntimeOpts};
 use pingora_timeout::fast_timeout;
 #[cfg(feature = "sentry")]
 use sentry::ClientOptions;
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Instant, SystemTime};
@@ -827,26 +828,59 @@ impl Server {
             .send(ExecutionPhase::ShutdownRuntimes)
             .ok();
 
-        let shutdowns: Vec<_> = runtimes
+        // A work-stealing runtime's `shutdown_timeout` returns once the timeout passes, but a
+        // no-steal runtime's joins each of its threads, and a thread busy in a task (or a
+        // blocking call) keeps it waiting however short the timeout: a quick shutdown could
+        // take seconds. So every runtime is given the same deadline here, whichever kind.
+        let deadline = Instant::now() + shutdown_timeout;
+        let (exited, exits) = std::sync::mpsc::channel();
+        let names: Vec<_> = runtimes
             .into_iter()
-            .map(|(rt, name)| {
+            .enumerate()
+            .map(|(i, (rt, name))| {
                 info!("Waiting for runtimes to exit!");
-                let join = thread::spawn(move || {
+                let exited = exited.clone();
+                thread::spawn(move || {
                     let start = Instant::now();
                     rt.shutdown_timeout(shutdown_timeout);
-                    start.elapsed()
+                    let _ = exited.send((i, start.elapsed()));
                 });
-                (join, name)
+                name
             })
             .collect();
-        for (shutdown, name) in shutdowns {
-            info!("Waiting for service runtime {name} to exit");
-            match shutdown.join() {
-                Ok(elapsed) if !shutdown_timeout.is_zero() && elapsed >= shutdown_timeout => {
-                    warn!("Service runtime {name} did not exit within {shutdown_timeout:?}")
+        drop(exited);
+        let mut pending = vec![true; names.len()];
+        while pending.contains(&true) {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            match exits.recv_timeout(wait) {
+                Ok((i, elapsed)) => {
+                    pending[i] = false;
+                    let name = &names[i];
+                    if !shutdown_timeout.is_zero() && elapsed >= shutdown_timeout {
+                        warn!("Service runtime {name} did not exit within {shutdown_timeout:?}")
+                    } else {
+                        info!("Service runtime {name} exited after {elapsed:?}")
+                    }
                 }
-                Ok(elapsed) => info!("Service runtime {name} exited after {elapsed:?}"),
-                Err(e) => error!("Failed to shutdown service runtime {name}: {e:?}"),
+                Err(e) => {
+                    let left = names.iter().zip(&pending).filter(|(_, p)| **p);
+                    for (name, _) in left {
+                        match e {
+                            // Its shutdown thread panicked: the sender dropped unsent.
+                            RecvTimeoutError::Disconnected => {
+                                error!("Failed to shutdown service runtime {name}")
+                            }
+                            // A quick shutdown does not wait at all.
+                            _ if shutdown_timeout.is_zero() => {
+                                info!("Service runtime {name} left running at exit")
+                            }
+                            _ => warn!(
+                                "Service runtime {name} did not exit within {shutdown_timeout:?}"
+                            ),
+                        }
+                    }
+                    break;
+                }
             }
         }
         info!("All runtimes exited, exiting now");
