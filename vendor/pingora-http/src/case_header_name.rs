@@ -38,6 +38,19 @@ impl CaseHeaderName {
 /// A trait that converts into case-sensitive header names.
 pub trait IntoCaseHeaderName {
     fn into_case_header_name(self) -> CaseHeaderName;
+
+    /// The name as a map key and its case on the wire. The default parses the case name into
+    /// a [`HeaderName`]; a name that is one already skips that parse (`HeaderName::from_bytes`
+    /// on every `insert_header(header::DATE, ..)` otherwise).
+    fn into_header_names(self) -> Result<(HeaderName, CaseHeaderName)>
+    where
+        Self: Sized,
+    {
+        let case_header_name = self.into_case_header_name();
+        let header_name = HeaderName::from_bytes(case_header_name.as_slice())
+            .or_err(InvalidHTTPHeader, "invalid header name")?;
+        Ok((header_name, case_header_name))
+    }
 }
 
 impl IntoCaseHeaderName for CaseHeaderName {
@@ -62,11 +75,20 @@ impl IntoCaseHeaderName for HeaderName {
     fn into_case_header_name(self) -> CaseHeaderName {
         CaseHeaderName(titled_header_name(&self))
     }
+
+    fn into_header_names(self) -> Result<(HeaderName, CaseHeaderName)> {
+        let case_header_name = CaseHeaderName(titled_header_name(&self));
+        Ok((self, case_header_name))
+    }
 }
 
 impl IntoCaseHeaderName for &HeaderName {
     fn into_case_header_name(self) -> CaseHeaderName {
         CaseHeaderName(titled_header_name(self))
+    }
+
+    fn into_header_names(self) -> Result<(HeaderName, CaseHeaderName)> {
+        Ok((self.clone(), CaseHeaderName(titled_header_name(self))))
     }
 }
 
@@ -114,5 +136,29 @@ mod tests {
         assert_eq!("FoO".into_case_header_name().as_slice(), b"FoO");
         assert_eq!("FoO".to_string().into_case_header_name().as_slice(), b"FoO");
         assert_eq!(header::SERVER.into_case_header_name().as_slice(), b"Server");
+    }
+
+    #[test]
+    fn test_into_header_names() {
+        for (name, key, case) in [
+            (header::DATE.into_header_names(), "date", &b"Date"[..]),
+            ((&header::SERVER).into_header_names(), "server", b"Server"),
+            (
+                HeaderName::from_static("x-a").into_header_names(),
+                "x-a",
+                b"x-a",
+            ),
+            ("X-Foo".into_header_names(), "x-foo", b"X-Foo"),
+            (
+                Bytes::from_static(b"Content-LENGTH").into_header_names(),
+                "content-length",
+                b"Content-LENGTH",
+            ),
+        ] {
+            let (n, c) = name.unwrap();
+            assert_eq!(n.as_str(), key);
+            assert_eq!(c.as_slice(), case);
+        }
+        assert!("bad name".into_header_names().is_err());
     }
 }
