@@ -194,6 +194,13 @@ async fn answers_are_framed_as_their_heads_say() {
     ] {
         let r = raw_request(weir.http_addr(), &get("GET", path)).await;
         assert_eq!((r.status, r.body.as_str()), (200, body), "{path}");
+        // Transfer-Encoding over a length: the length is dropped, never sent on beside it.
+        assert!(
+            !(r.headers.contains_key("content-length")
+                && r.headers.contains_key("transfer-encoding")),
+            "{path}: both framing fields went downstream: {:?}",
+            r.headers
+        );
     }
     // HEAD: the head only (read to the close: `raw_request` would wait for the body).
     let mut s = tokio::net::TcpStream::connect(weir.http_addr())

@@ -348,8 +348,16 @@ impl HttpSession {
 
                         let buf = std::mem::take(&mut self.response_header_read_buf).freeze();
 
+                        // Which framing fields are present, noted while appending: two map
+                        // lookups per head otherwise.
+                        let mut contains_transfer_encoding = false;
+                        let mut contains_content_length = false;
                         for header in header_refs.iter() {
                             let header_name = header.get_name_bytes(&buf);
+                            contains_transfer_encoding |=
+                                header_name.eq_ignore_ascii_case(b"transfer-encoding");
+                            contains_content_length |=
+                                header_name.eq_ignore_ascii_case(b"content-length");
                             let header_name = header_name.into_case_header_name();
                             let value_bytes = header.get_value_bytes(&buf);
                             let header_value = pingora_http::header_value_from_raw(value_bytes);
@@ -360,12 +368,6 @@ impl HttpSession {
                                 return self.fail_response_header_read(e);
                             }
                         }
-
-                        let contains_transfer_encoding = response_header
-                            .headers
-                            .contains_key(header::TRANSFER_ENCODING);
-                        let contains_content_length =
-                            response_header.headers.contains_key(header::CONTENT_LENGTH);
 
                         // Transfer encoding overrides content length, so when
                         // both are present, we MUST remove content length. This is

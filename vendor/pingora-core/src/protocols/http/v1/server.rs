@@ -439,8 +439,16 @@ impl HttpSession {
                         )?);
                         request_header.set_version(version);
 
+                        // Which framing fields are present, noted while appending: two map
+                        // lookups per head otherwise.
+                        let mut contains_transfer_encoding = false;
+                        let mut contains_content_length = false;
                         for header in header_refs.iter() {
                             let header_name = header.get_name_bytes(&buf);
+                            contains_transfer_encoding |=
+                                header_name.eq_ignore_ascii_case(b"transfer-encoding");
+                            contains_content_length |=
+                                header_name.eq_ignore_ascii_case(b"content-length");
                             let header_name = header_name.into_case_header_name();
                             let value_bytes = header.get_value_bytes(&buf);
                             // safe because this is from what we parsed
@@ -452,11 +460,6 @@ impl HttpSession {
                                 .append_header(header_name, header_value)
                                 .or_err(InvalidHTTPHeader, "while parsing request header")?;
                         }
-
-                        let contains_transfer_encoding =
-                            request_header.headers.contains_key(TRANSFER_ENCODING);
-                        let contains_content_length =
-                            request_header.headers.contains_key(CONTENT_LENGTH);
 
                         // Transfer encoding overrides content length, so when
                         // both are present, we can remove content length. This
