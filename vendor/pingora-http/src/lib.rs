@@ -686,6 +686,21 @@ impl ResponseHeader {
         header_to_h1_wire(self.header_name_map.as_ref(), &self.base.headers, buf)
     }
 
+    /// Write the header to `buf` as [`Self::header_to_h1_wire`] would after
+    /// `insert_header(name, value)` for each of `set`, without changing `self`: a field of one
+    /// of these names is written once, with the new value, where the name's first field was;
+    /// a name the header does not have is written after the other fields, in `set`'s order.
+    ///
+    /// A server that adds `Date` and `Connection` to every response writes them this way
+    /// instead of inserting them into both maps (values and case) first.
+    ///
+    /// # Panics
+    ///
+    /// If `set` has more than 32 names.
+    pub fn header_to_h1_wire_setting(&self, set: &[(HeaderName, &[u8])], buf: &mut impl BufMut) {
+        header_to_h1_wire_setting(self.header_name_map.as_ref(), &self.base.headers, set, buf)
+    }
+
     /// If case sensitivity is enabled, returns an iterator to iterate over case-sensitive header names and values.
     /// Otherwise returns an empty iterator.
     ///
@@ -1117,6 +1132,60 @@ fn header_to_h1_wire(key_map: Option<&CaseMap>, value_map: &HMap, buf: &mut impl
     }
 }
 
+/// `header_to_h1_wire` with the fields of `set` as `insert_header` would have left them: each
+/// name's fields replaced by one with the new value at the first one's place, and written in
+/// its titled case (what `insert_header` records for a `HeaderName`); names not present
+/// written last.
+fn header_to_h1_wire_setting(
+    key_map: Option<&CaseMap>,
+    value_map: &HMap,
+    set: &[(HeaderName, &[u8])],
+    buf: &mut impl BufMut,
+) {
+    fn put(buf: &mut impl BufMut, name: &[u8], value: &[u8]) {
+        buf.put_slice(name);
+        buf.put_slice(b": ");
+        buf.put_slice(value);
+        buf.put_slice(b"\r\n");
+    }
+    fn titled(name: &HeaderName) -> &[u8] {
+        case_header_name::titled_header_name_str(name)
+            .unwrap_or(name.as_str())
+            .as_bytes()
+    }
+    assert!(set.len() <= 32, "at most 32 fields can be set");
+    // Bit i: set[i] written.
+    let mut written = 0u32;
+    let mut field = |buf: &mut _, name: &HeaderName, case: &[u8], value: &[u8]| match set
+        .iter()
+        .position(|(n, _)| n == name)
+    {
+        None => put(buf, case, value),
+        Some(i) if written & (1 << i) == 0 => {
+            written |= 1 << i;
+            put(buf, titled(name), set[i].1);
+        }
+        // A further field of a name already written with its new value.
+        Some(_) => {}
+    };
+    if let Some(key_map) = key_map {
+        for ((h1, case), (h2, value)) in key_map.iter().zip(value_map.iter()) {
+            // in case the header iteration order changes in future versions of HMap
+            assert_eq!(h1, h2, "header iter mismatch {}, {}", h1, h2);
+            field(buf, h1, case.as_slice(), value.as_bytes());
+        }
+    } else {
+        for (header, value) in value_map {
+            field(buf, header, titled(header), value.as_bytes());
+        }
+    }
+    for (i, (name, value)) in set.iter().enumerate() {
+        if written & (1 << i) == 0 {
+            put(buf, titled(name), value);
+        }
+    }
+}
+
 #[inline]
 fn case_header_iter<'a>(
     name_map: Option<&'a CaseMap>,
@@ -1143,6 +1212,65 @@ mod tests {
         assert_eq!(8, http_header_map_upper_bound(None));
         assert_eq!(16, http_header_map_upper_bound(Some(16)));
         assert_eq!(4096, http_header_map_upper_bound(Some(7777)));
+    }
+
+    /// `header_to_h1_wire_setting` writes what inserting the fields and then
+    /// `header_to_h1_wire` writes, for heads with and without a case map.
+    #[test]
+    fn test_header_to_h1_wire_setting() {
+        let heads: &[&[(&str, &str)]] = &[
+            &[],
+            &[("Content-Length", "2"), ("content-type", "text/plain")],
+            &[("date", "old"), ("X-A", "1"), ("CONNECTION", "upgrade")],
+            &[("X-A", "1"), ("Date", "one"), ("X-B", "2"), ("DATE", "two")],
+            &[
+                ("connection", "x"),
+                ("X-A", "1"),
+                ("Connection", "y"),
+                ("Date", "d"),
+            ],
+        ];
+        let sets: &[&[(HeaderName, &[u8])]] = &[
+            &[],
+            &[(http::header::DATE, b"Tue, 01 Dec 2026 08:00:00 GMT")],
+            &[
+                (http::header::DATE, b"Tue, 01 Dec 2026 08:00:00 GMT"),
+                (http::header::CONNECTION, b"keep-alive"),
+            ],
+            &[
+                (http::header::CONNECTION, b"close"),
+                (HeaderName::from_static("x-weir"), b"1"),
+            ],
+        ];
+        for case in [true, false] {
+            for fields in heads {
+                let mut resp = if case {
+                    ResponseHeader::build(200, None).unwrap()
+                } else {
+                    ResponseHeader::build_no_case(200, None).unwrap()
+                };
+                for (name, value) in *fields {
+                    resp.append_header(name.to_string(), *value).unwrap();
+                }
+                for set in sets {
+                    let mut inserted = resp.clone();
+                    for (name, value) in *set {
+                        inserted
+                            .insert_header(name.clone(), HeaderValue::from_bytes(value).unwrap())
+                            .unwrap();
+                    }
+                    let mut expected: Vec<u8> = vec![];
+                    inserted.header_to_h1_wire(&mut expected);
+                    let mut written: Vec<u8> = vec![];
+                    resp.header_to_h1_wire_setting(set, &mut written);
+                    assert_eq!(
+                        String::from_utf8(written).unwrap(),
+                        String::from_utf8(expected).unwrap(),
+                        "case map: {case}, fields: {fields:?}, set: {set:?}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -323,11 +323,9 @@ impl HttpSession {
                         // while header_refs doesn't as it is still empty
                         let _num_headers = populate_headers(base, &mut header_refs, resp.headers);
 
-                        // Room for two more fields: a server forwarding this response adds
-                        // `Date` and `Connection` (v1 server, `prepare_response_header`).
                         let mut response_header = match ResponseHeader::build(
                             resp.code.unwrap(),
-                            Some(resp.headers.len() + 2),
+                            Some(resp.headers.len()),
                         ) {
                             Ok(header) => Box::new(header),
                             Err(e) => return self.fail_response_header_read(e),

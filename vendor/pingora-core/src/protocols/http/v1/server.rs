@@ -923,17 +923,23 @@ impl HttpSession {
         }
 
         // no need to add these headers to 1xx responses
+        // `Date` and `Connection` are set while the header is serialized below rather than
+        // inserted into it: the same bytes on the wire without two inserts into both of its
+        // maps (values and case) per response. `response_written()` holds the header as it
+        // was given.
+        let date;
+        let mut set_fields: Option<[(http::HeaderName, &[u8]); 2]> = None;
         if !header.status.is_informational() && self.update_resp_headers {
-            /* update headers */
-            header.insert_header(header::DATE, date::get_cached_date())?;
-
-            // Static values: a `&str` would be copied into a new buffer on every response.
-            let connection_value = if self.will_keepalive() {
-                http::HeaderValue::from_static("keep-alive")
+            date = date::get_cached_date();
+            let connection_value: &[u8] = if self.will_keepalive() {
+                b"keep-alive"
             } else {
-                http::HeaderValue::from_static("close")
+                b"close"
             };
-            header.insert_header(header::CONNECTION, connection_value)?;
+            set_fields = Some([
+                (header::DATE, date.as_bytes()),
+                (header::CONNECTION, connection_value),
+            ]);
         }
 
         if header.status == 101 {
@@ -990,8 +996,12 @@ impl HttpSession {
 
         // Serialize header to bytes
         let mut write_buf = BytesMut::with_capacity(INIT_HEADER_BUF_SIZE);
-        http_resp_header_to_buf(header, &mut write_buf)
-            .map_err(|_| Error::explain(WriteError, "serializing response header"))?;
+        http_resp_header_to_buf_setting(
+            header,
+            set_fields.as_ref().map_or(&[], |f| &f[..]),
+            &mut write_buf,
+        )
+        .map_err(|_| Error::explain(WriteError, "serializing response header"))?;
 
         // Determine if we should flush
         // Don't have to flush response with content length because it is less
@@ -1924,8 +1934,19 @@ fn parse_req_buffer<'buf>(
 }
 
 #[inline]
+#[cfg(test)]
 fn http_resp_header_to_buf(
     resp: &ResponseHeader,
+    buf: &mut BytesMut,
+) -> std::result::Result<(), ()> {
+    http_resp_header_to_buf_setting(resp, &[], buf)
+}
+
+/// The response head on the wire, with the fields of `set` as `insert_header` would have set
+/// them (`ResponseHeader::header_to_h1_wire_setting`).
+fn http_resp_header_to_buf_setting(
+    resp: &ResponseHeader,
+    set: &[(http::HeaderName, &[u8])],
     buf: &mut BytesMut,
 ) -> std::result::Result<(), ()> {
     // Status-Line
@@ -1949,7 +1970,7 @@ fn http_resp_header_to_buf(
 
     // headers
     // TODO: style: make sure Server and Date headers are the first two
-    resp.header_to_h1_wire(buf);
+    resp.header_to_h1_wire_setting(set, buf);
 
     buf.put_slice(CRLF);
     Ok(())
