@@ -73,6 +73,15 @@ impl ProxyTaskState {
     }
 }
 
+/// A request head's framing as `read_request` found it (Weir patch).
+#[derive(Debug, Default, Clone, Copy)]
+struct RequestFraming {
+    /// The head has a `Transfer-Encoding` field.
+    transfer_encoding: bool,
+    /// Its `Content-Length`, resolved (`None`: none, or under `Transfer-Encoding`).
+    content_length: Option<usize>,
+}
+
 /// The HTTP 1.x server session
 pub struct HttpSession {
     underlying_stream: Stream,
@@ -117,6 +126,10 @@ pub struct HttpSession {
     response_written: Option<Box<ResponseHeader>>,
     /// The parsed request header
     request_header: Option<Box<RequestHeader>>,
+    /// What `read_request` noted of the head's framing fields as it read them (Weir patch):
+    /// the lookups that the body reader, validation and keep-alive make are skipped for a
+    /// field the head did not have, and its `Content-Length` is resolved once.
+    request_framing: RequestFraming,
     /// An internal buffer that holds a copy of the request body up to a certain size
     retry_buffer: Option<FixedBuffer>,
     /// Whether this session is an upgraded session. This flag is calculated when sending the
@@ -201,6 +214,7 @@ impl HttpSession {
             update_resp_headers: true,
             response_written: None,
             request_header: None,
+            request_framing: RequestFraming::default(),
             read_timeout: Some(Duration::from_secs(60)),
             header_read_timeout: None,
             header_read_deadline: None,
@@ -439,16 +453,29 @@ impl HttpSession {
                         )?);
                         request_header.set_version(version);
 
-                        // Which framing fields are present, noted while appending: two map
-                        // lookups per head otherwise.
+                        // Which framing fields are present, noted while appending (their
+                        // lengths differ, so one comparison per field): map lookups per head
+                        // otherwise.
                         let mut contains_transfer_encoding = false;
                         let mut contains_content_length = false;
+                        let mut contains_connection = false;
                         for header in header_refs.iter() {
                             let header_name = header.get_name_bytes(&buf);
-                            contains_transfer_encoding |=
-                                header_name.eq_ignore_ascii_case(b"transfer-encoding");
-                            contains_content_length |=
-                                header_name.eq_ignore_ascii_case(b"content-length");
+                            match header_name.len() {
+                                17 => {
+                                    contains_transfer_encoding |=
+                                        header_name.eq_ignore_ascii_case(b"transfer-encoding")
+                                }
+                                14 => {
+                                    contains_content_length |=
+                                        header_name.eq_ignore_ascii_case(b"content-length")
+                                }
+                                10 => {
+                                    contains_connection |=
+                                        header_name.eq_ignore_ascii_case(b"connection")
+                                }
+                                _ => {}
+                            }
                             let header_name = header_name.into_case_header_name();
                             let value_bytes = header.get_value_bytes(&buf);
                             // safe because this is from what we parsed
@@ -480,13 +507,25 @@ impl HttpSession {
                         self.body_reader.reinit();
                         self.pipelined_idle_bytes_stashed = false;
                         self.response_written = None;
-                        self.respect_keepalive();
+                        if contains_connection {
+                            self.respect_keepalive();
+                        } else {
+                            // What `respect_keepalive` decides without a `Connection` field.
+                            self.respect_keepalive_by_version();
+                        }
 
                         // Disable keepalive if both Transfer-Encoding and Content-Length were present
                         if has_both_te_and_cl {
                             self.set_keepalive(None);
                         }
-                        self.validate_request()?;
+                        self.request_framing = RequestFraming {
+                            transfer_encoding: contains_transfer_encoding,
+                            content_length: None,
+                        };
+                        self.request_framing.content_length = self.validate_request_framing(
+                            contains_transfer_encoding,
+                            contains_content_length,
+                        )?;
 
                         return Ok(Some(s));
                     }
@@ -542,6 +581,15 @@ impl HttpSession {
     /// # Panics
     /// this function and most other functions will panic if called before [`Self::read_request()`]
     pub fn validate_request(&self) -> Result<()> {
+        let has_te = self.req_header().headers.contains_key(TRANSFER_ENCODING);
+        self.validate_request_framing(has_te, true).map(|_| ())
+    }
+
+    /// [`Self::validate_request`] for a head whose `Transfer-Encoding` is known to be there or
+    /// not, and whose `Content-Length` is known to be absent (`has_cl` false) or may be there
+    /// (Weir patch: `read_request` noted them while reading it). Returns the resolved
+    /// `Content-Length`, `None` under `Transfer-Encoding`.
+    fn validate_request_framing(&self, has_te: bool, has_cl: bool) -> Result<Option<usize>> {
         let req_header = self.req_header();
 
         // Reject an ambiguous authority before anything routes on it.
@@ -551,9 +599,13 @@ impl HttpSession {
         // parity): identical duplicates and comma-combined identical values are
         // accepted and collapsed; differing or unparseable values are rejected.
         // This is a no-op when Transfer-Encoding is present (TE overrides CL).
-        super::common::validate_content_length(&req_header.headers)?;
+        let content_length = if has_te || !has_cl {
+            None
+        } else {
+            content_length_for_framing(&req_header.headers)?
+        };
 
-        if req_header.headers.contains_key(TRANSFER_ENCODING) {
+        if has_te {
             // Per [RFC 9112 Section 6.1-16](https://datatracker.ietf.org/doc/html/rfc9112#section-6.1-16),
             // HTTP/1.0 requests with Transfer-Encoding MUST be treated as having faulty framing.
             // We reject with 400 Bad Request and close the connection.
@@ -570,7 +622,7 @@ impl HttpSession {
             }
         }
 
-        Ok(())
+        Ok(content_length)
     }
 
     /// Return a reference of the `RequestHeader` this session read
@@ -886,7 +938,14 @@ impl HttpSession {
             } else {
                 self.set_keepalive(None);
             }
-        } else if self.req_header().version == Version::HTTP_11 {
+        } else {
+            self.respect_keepalive_by_version();
+        }
+    }
+
+    /// Keepalive for a request without a `Connection` field: on for HTTP/1.1, off before.
+    fn respect_keepalive_by_version(&mut self) {
+        if self.req_header().version == Version::HTTP_11 {
             self.set_keepalive(Some(0)); // on by default for http 1.1
         } else {
             self.set_keepalive(None); // off by default for http 1.0
@@ -1202,10 +1261,6 @@ impl HttpSession {
         is_chunked_encoding_from_headers(&self.req_header().headers)
     }
 
-    fn get_content_length(&self) -> Result<Option<usize>> {
-        content_length_for_framing(&self.req_header().headers)
-    }
-
     fn init_body_reader(&mut self) {
         if self.body_reader.need_init() {
             // reset retry buffer
@@ -1220,14 +1275,13 @@ impl HttpSession {
                 // if upgraded _post_ 101 (and body was not init yet)
                 // treat as upgraded body (pass through until closed)
                 self.body_reader.init_close_delimited_owned(preread_body);
-            } else if self.is_chunked_encoding() {
+            } else if self.request_framing.transfer_encoding && self.is_chunked_encoding() {
                 // if chunked encoding, content-length should be ignored
                 self.body_reader.init_chunked_owned(preread_body);
             } else {
-                // At this point, validate_request() should have already been called,
-                // so get_content_length() should not return an error for invalid values
-                let cl = self.get_content_length().unwrap_or(None);
-                match cl {
+                // The length `read_request` resolved while validating the head: the body
+                // is framed by the head as it arrived.
+                match self.request_framing.content_length {
                     Some(i) => {
                         self.body_reader.init_content_length_owned(i, preread_body);
                     }
