@@ -437,13 +437,14 @@ impl WeirProxy {
         {
             return None;
         }
+        // The fields looked at below, in one pass over the head rather than a lookup each.
+        let [host, xff, xfp, proxy] =
+            first_values(&req.headers, [&header::HOST, &XFF, &XFP, &PROXY_HEADER]);
         // A `Host` (without one, HTTP/1.0, the general way decides whether to add one). What
         // the general way checks of the final head's authority (`validate_request_authority`:
         // one `Host`, no userinfo in it, a target that agrees) pingora's `read_request`
         // checked on this same head: the same `Host`, target and method as here.
-        if !req.headers.contains_key(header::HOST) {
-            return None;
-        }
+        host?;
 
         // Weir's fields, in `upstream_headers`' order.
         let mut set: [Option<(&HeaderName, &Bytes, HeaderValue)>; 6] = Default::default();
@@ -463,17 +464,17 @@ impl WeirProxy {
             let fwd = &snap.settings().forwarded;
             if fwd.use_remote_address {
                 if let Some(PingoraAddr::Inet(addr)) = downstream.client_addr() {
-                    let xff = forwarded_for(req.headers.get(&XFF), addr.ip());
+                    let xff = forwarded_for(xff, addr.ip());
                     set[3] = Some((&XFF, &XFF_WIRE, xff));
                 }
             }
-            if fwd.trusted_hops == 0 || !req.headers.contains_key(&XFP) {
+            if fwd.trusted_hops == 0 || xfp.is_none() {
                 set[4] = Some((&XFP, &XFP_WIRE, self.scheme.clone()));
             }
         }
         if self.reporting {
             set[5] = Some((&PROXY_HEADER, &PROXY_WIRE, ACTIVATOR.clone()));
-        } else if self.listener == Listener::External && req.headers.contains_key(&PROXY_HEADER) {
+        } else if self.listener == Listener::External && proxy.is_some() {
             return None;
         }
 
