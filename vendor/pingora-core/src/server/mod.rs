@@ -883,7 +883,13 @@ impl Server {
                 }
             }
         }
-        info!("All runtimes exited, exiting now");
+        // Weir patch: say so only when it is true (the runtimes not waited for are named
+        // above).
+        if pending.contains(&true) {
+            info!("Exiting now");
+        } else {
+            info!("All runtimes exited, exiting now");
+        }
 
         self.execution_phase_watch
             .send(ExecutionPhase::Terminated)

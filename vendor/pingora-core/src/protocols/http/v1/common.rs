@@ -381,10 +381,12 @@ fn content_length_parse_values(values: http::header::GetAll<'_, HeaderValue>) ->
     let mut content_length: Option<u64> = None;
     for value in values {
         // A non-visible-ASCII value can't be a valid Content-Length, so the
-        // framing is ambiguous.
-        let line = value.to_str().ok()?;
-        for v in line.split(',') {
-            let n = from_digits(v.trim().as_bytes())?;
+        // framing is ambiguous. Weir patch: read as bytes, not through `to_str`
+        // and `str::trim` (a pass to validate, a Unicode-aware trim): the only
+        // whitespace a header value can hold is SP and HTAB, which `trim_ascii`
+        // trims, and any other byte that is not a digit fails `from_digits`.
+        for v in value.as_bytes().split(|&b| b == b',') {
+            let n = from_digits(v.trim_ascii())?;
             match content_length {
                 None => content_length = Some(n),
                 Some(prev) if prev != n => return None,
