@@ -1006,6 +1006,8 @@ impl HttpSession {
             self.set_keepalive(None);
         }
 
+        // Whether the head has a `Content-Length`, when the body writer looked (Weir patch).
+        let mut has_content_length = None;
         // Allow informational header (excluding 101) to pass through without affecting the state
         // of the request
         if header.status == 101 || !header.status.is_informational() {
@@ -1046,7 +1048,7 @@ impl HttpSession {
                     // continue to read body as-is, this is now just a regular request
                 }
             }
-            self.init_body_writer(header, upgrade == Some(true));
+            has_content_length = self.init_body_writer(header, upgrade == Some(true));
         }
 
         // Defense-in-depth: if response body is close-delimited, mark session
@@ -1070,15 +1072,17 @@ impl HttpSession {
         // 1. 1xx response: client needs to see it before the rest of response
         // 2. No content length: the response could be generated in real time
         let should_flush = header.status.is_informational()
-            || header.headers.get(header::CONTENT_LENGTH).is_none();
+            || !has_content_length
+                .unwrap_or_else(|| header.headers.contains_key(header::CONTENT_LENGTH));
 
         // Not frozen here: `Bytes` from a buffer with room to spare costs an allocation, and
         // `write_response_header` writes the bytes straight from the buffer.
         Ok(Some((write_buf, should_flush)))
     }
 
-    /// `upgraded`: `self.is_upgrade(header) == Some(true)`.
-    fn init_body_writer(&mut self, header: &ResponseHeader, upgraded: bool) {
+    /// `upgraded`: `self.is_upgrade(header) == Some(true)`. Returns whether the head has a
+    /// `Content-Length` field when that was looked up (`init_body_writer_comm`).
+    fn init_body_writer(&mut self, header: &ResponseHeader, upgraded: bool) -> Option<bool> {
         use http::StatusCode;
         /* the following responses don't have body 204, 304, and HEAD */
         if matches!(
@@ -1087,18 +1091,19 @@ impl HttpSession {
         ) || self.get_method() == Some(&Method::HEAD)
         {
             self.body_writer.init_content_length(0);
-            return;
+            return None;
         }
 
         if header.status.is_informational() && header.status != StatusCode::SWITCHING_PROTOCOLS {
             // 1xx response, not enough to init body
-            return;
+            return None;
         }
 
         if upgraded {
             self.body_writer.init_close_delimited();
+            None
         } else {
-            init_body_writer_comm(&mut self.body_writer, &header.headers);
+            init_body_writer_comm(&mut self.body_writer, &header.headers)
         }
     }
 
