@@ -76,6 +76,9 @@ pub struct HttpSession {
     // resolved it (`None`: absent, tolerated as invalid, or `Transfer-Encoding` frames the
     // body), so that `init_body_reader` does not resolve it a second time.
     resolved_content_length: Option<usize>,
+    // Weir patch: which framing fields the last response head read has, as `read_response`
+    // noted them while reading it; a field it does not have is not looked up.
+    response_fields: FramingFields,
 }
 
 /// HTTP 1.x client session
@@ -104,6 +107,7 @@ impl HttpSession {
             close_delimited_resp: false,
             allow_h1_response_invalid_content_length: false,
             resolved_content_length: None,
+            response_fields: FramingFields::default(),
         }
     }
 
@@ -249,7 +253,8 @@ impl HttpSession {
         // otherwise-invalid value and treat the response as close-delimited.
         // Note: Content-Length is already removed if Transfer-Encoding is present.
         // Weir patch: the length resolved here is kept for `init_body_reader`.
-        let resolved = super::common::validate_content_length(&resp_header.headers);
+        let resolved =
+            super::common::validate_content_length(&resp_header.headers, self.response_fields);
         self.resolved_content_length = match resolved {
             Ok(length) => length,
             Err(e) => {
@@ -346,16 +351,12 @@ impl HttpSession {
 
                         let buf = std::mem::take(&mut self.response_header_read_buf).freeze();
 
-                        // Which framing fields are present, noted while appending: two map
+                        // Which framing fields are present, noted while appending: map
                         // lookups per head otherwise.
-                        let mut contains_transfer_encoding = false;
-                        let mut contains_content_length = false;
+                        let mut seen = FramingFields::default();
                         for header in header_refs.iter() {
                             let header_name = header.get_name_bytes(&buf);
-                            contains_transfer_encoding |=
-                                header_name.eq_ignore_ascii_case(b"transfer-encoding");
-                            contains_content_length |=
-                                header_name.eq_ignore_ascii_case(b"content-length");
+                            seen.note(&header_name);
                             let header_name = header_name.into_case_header_name();
                             let value_bytes = header.get_value_bytes(&buf);
                             let header_value = pingora_http::header_value_from_raw(value_bytes);
@@ -370,9 +371,11 @@ impl HttpSession {
                         // Transfer encoding overrides content length, so when
                         // both are present, we MUST remove content length. This is
                         // https://datatracker.ietf.org/doc/html/rfc9112#section-6.3-2.3
-                        if contains_content_length && contains_transfer_encoding {
+                        if seen.content_length && seen.transfer_encoding {
                             response_header.remove_header(&header::CONTENT_LENGTH);
+                            seen.content_length = false;
                         }
+                        self.response_fields = seen;
 
                         self.raw_header = Some(BufRef(0, s));
                         self.preread_body = Some(BufRef(s, total_read));
@@ -488,7 +491,11 @@ impl HttpSession {
         // safe to unwrap because it is just read
         let full = self.response_header.take().unwrap();
         let framing = self.body_reader.need_init();
-        self.response_header = Some(Box::new(framing_copy(&full, framing)?));
+        self.response_header = Some(Box::new(framing_copy(
+            &full,
+            framing,
+            self.response_fields,
+        )?));
         Ok(full)
     }
 
@@ -761,7 +768,7 @@ impl HttpSession {
             if upgraded {
                 self.body_reader.init_close_delimited(preread_body);
                 self.close_delimited_resp = true;
-            } else if self.is_chunked_encoding() {
+            } else if self.response_fields.transfer_encoding && self.is_chunked_encoding() {
                 // if chunked encoding, content-length should be ignored
                 self.body_reader.init_chunked(preread_body);
             } else if let Some(cl) = self.resolved_content_length {
@@ -1013,7 +1020,11 @@ impl UniqueID for HttpSession {
 /// The fields of a response header that a client session consults after handing the header
 /// over ([`HttpSession::read_resp_header_parts`]): keep-alive and upgrade, and body framing
 /// when `framing` (the body reader is not set up yet: after an informational head).
-fn framing_copy(full: &ResponseHeader, framing: bool) -> Result<ResponseHeader> {
+fn framing_copy(
+    full: &ResponseHeader,
+    framing: bool,
+    present: FramingFields,
+) -> Result<ResponseHeader> {
     // Looked up and copied by `HeaderName`: no name is parsed, and the copy keeps no case map.
     // Once the body reader is set up nothing reads `Content-Length` again, nor
     // `Transfer-Encoding` but in an HTTP/1.0 answer (`respect_keepalive`); without them the
@@ -1033,8 +1044,21 @@ fn framing_copy(full: &ResponseHeader, framing: bool) -> Result<ResponseHeader> 
     } else {
         &FIELDS[..3]
     };
+    let has = [
+        present.connection,
+        present.keep_alive,
+        present.upgrade,
+        present.transfer_encoding,
+        present.content_length,
+    ];
     let mut headers = HMap::new();
-    for name in fields {
+    // Only the fields the head has are looked up: a lookup of an absent name costs as much
+    // as one that finds it.
+    for name in fields
+        .iter()
+        .zip(has)
+        .filter_map(|(n, has)| has.then_some(n))
+    {
         for value in full.headers.get_all(name) {
             headers
                 .try_append(name.clone(), value.clone())

@@ -173,6 +173,35 @@ fn find_last_te_token(bytes: &[u8]) -> &[u8] {
     last_token.trim_ascii()
 }
 
+/// Which of the fields that frame a message or decide its connection's reuse a head has,
+/// noted while its fields are read (Weir patch): their names differ in length, so noting
+/// costs one comparison per field, where asking the parsed head's map costs a hash and a
+/// probe per name even when the field is absent, as it nearly always is.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FramingFields {
+    pub transfer_encoding: bool,
+    pub content_length: bool,
+    pub connection: bool,
+    pub keep_alive: bool,
+    pub upgrade: bool,
+}
+
+impl FramingFields {
+    /// Notes a field of the head by its name (any case).
+    #[inline]
+    pub fn note(&mut self, name: &[u8]) {
+        let seen = match name.len() {
+            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => &mut self.transfer_encoding,
+            14 if name.eq_ignore_ascii_case(b"content-length") => &mut self.content_length,
+            10 if name.eq_ignore_ascii_case(b"connection") => &mut self.connection,
+            10 if name.eq_ignore_ascii_case(b"keep-alive") => &mut self.keep_alive,
+            7 if name.eq_ignore_ascii_case(b"upgrade") => &mut self.upgrade,
+            _ => return,
+        };
+        *seen = true;
+    }
+}
+
 /// Check if chunked encoding is the final encoding across all transfer-encoding headers
 pub(crate) fn is_chunked_encoding_from_headers(headers: &HMap) -> bool {
     // Get the last Transfer-Encoding header value
@@ -455,10 +484,18 @@ pub(crate) fn content_length_for_framing(headers: &HMap) -> Result<Option<usize>
 /// ambiguous values before they cross a proxy boundary.
 ///
 /// Weir patch: returns the length that frames the body (`None` when the field is absent or
-/// `Transfer-Encoding` frames it), for a caller that frames the body with it next.
-pub(crate) fn validate_content_length(headers: &HMap) -> Result<Option<usize>> {
-    if headers.get(header::TRANSFER_ENCODING).is_some() {
+/// `Transfer-Encoding` frames it), for a caller that frames the body with it next; `present`
+/// says which framing fields the head has (noted as it was read), so that an absent one is
+/// not looked up.
+pub(crate) fn validate_content_length(
+    headers: &HMap,
+    present: FramingFields,
+) -> Result<Option<usize>> {
+    if present.transfer_encoding {
         // HTTP/1: Transfer-Encoding takes precedence over Content-Length.
+        return Ok(None);
+    }
+    if !present.content_length {
         return Ok(None);
     }
     content_length_for_framing(headers)
@@ -503,34 +540,88 @@ mod test {
     use rstest::rstest;
 
     #[test]
+    fn test_framing_fields_note() {
+        let noted = |names: &[&str]| {
+            let mut seen = FramingFields::default();
+            for name in names {
+                seen.note(name.as_bytes());
+            }
+            seen
+        };
+        assert_eq!(noted(&[]), FramingFields::default());
+        // Other names, of the same lengths or not, are not noted.
+        assert_eq!(
+            noted(&[
+                "Host",
+                "transfer-encodinx",
+                "content-lengtx",
+                "connectiox",
+                "keep-alivx",
+                "upgradx"
+            ]),
+            FramingFields::default()
+        );
+        let all = noted(&[
+            "TRANSFER-ENCODING",
+            "Content-Length",
+            "connection",
+            "Keep-Alive",
+            "UpGrade",
+        ]);
+        assert_eq!(
+            all,
+            FramingFields {
+                transfer_encoding: true,
+                content_length: true,
+                connection: true,
+                keep_alive: true,
+                upgrade: true,
+            }
+        );
+        let seen = noted(&["keep-alive"]);
+        assert!(seen.keep_alive && !seen.connection);
+        let seen = noted(&["Connection"]);
+        assert!(seen.connection && !seen.keep_alive);
+    }
+
+    /// What `validate_content_length` is told of `headers` by a head's reader.
+    fn present(headers: &HMap) -> FramingFields {
+        FramingFields {
+            transfer_encoding: headers.contains_key(TRANSFER_ENCODING),
+            content_length: headers.contains_key(CONTENT_LENGTH),
+            ..Default::default()
+        }
+    }
+
+    #[test]
     fn test_validate_content_length() {
         let mut headers = HMap::new();
 
         // no CL header is fine
-        assert!(validate_content_length(&headers).is_ok());
+        assert!(validate_content_length(&headers, present(&headers)).is_ok());
 
         // a single valid CL is fine
         headers.append(CONTENT_LENGTH, "1".try_into().unwrap());
-        assert!(validate_content_length(&headers).is_ok());
+        assert!(validate_content_length(&headers, present(&headers)).is_ok());
 
         // an identical duplicate is reconciled to a single value (RFC 9110 8.6)
         headers.append(CONTENT_LENGTH, "1".try_into().unwrap());
-        assert!(validate_content_length(&headers).is_ok());
+        assert!(validate_content_length(&headers, present(&headers)).is_ok());
 
         // a differing duplicate is an unrecoverable framing error
         headers.append(CONTENT_LENGTH, "2".try_into().unwrap());
-        assert!(validate_content_length(&headers).is_err());
+        assert!(validate_content_length(&headers, present(&headers)).is_err());
 
         // Transfer-Encoding overrides Content-Length, so CL is ignored
         headers.append(TRANSFER_ENCODING, "chunked".try_into().unwrap());
-        assert!(validate_content_length(&headers).is_ok());
+        assert!(validate_content_length(&headers, present(&headers)).is_ok());
     }
 
     #[test]
     fn test_validate_content_length_invalid_value() {
         let mut headers = HMap::new();
         headers.insert(CONTENT_LENGTH, "not-a-number".try_into().unwrap());
-        assert!(validate_content_length(&headers).is_err());
+        assert!(validate_content_length(&headers, present(&headers)).is_err());
     }
 
     #[test]

@@ -453,29 +453,12 @@ impl HttpSession {
                         )?);
                         request_header.set_version(version);
 
-                        // Which framing fields are present, noted while appending (their
-                        // lengths differ, so one comparison per field): map lookups per head
-                        // otherwise.
-                        let mut contains_transfer_encoding = false;
-                        let mut contains_content_length = false;
-                        let mut contains_connection = false;
+                        // Which framing fields are present, noted while appending: map
+                        // lookups per head otherwise.
+                        let mut seen = FramingFields::default();
                         for header in header_refs.iter() {
                             let header_name = header.get_name_bytes(&buf);
-                            match header_name.len() {
-                                17 => {
-                                    contains_transfer_encoding |=
-                                        header_name.eq_ignore_ascii_case(b"transfer-encoding")
-                                }
-                                14 => {
-                                    contains_content_length |=
-                                        header_name.eq_ignore_ascii_case(b"content-length")
-                                }
-                                10 => {
-                                    contains_connection |=
-                                        header_name.eq_ignore_ascii_case(b"connection")
-                                }
-                                _ => {}
-                            }
+                            seen.note(&header_name);
                             let header_name = header_name.into_case_header_name();
                             let value_bytes = header.get_value_bytes(&buf);
                             // safe because this is from what we parsed
@@ -494,8 +477,7 @@ impl HttpSession {
                         //
                         // RFC 9112 Section 6.1 (https://datatracker.ietf.org/doc/html/rfc9112#section-6.1-15)
                         // also requires us to disable keepalive when both headers are present.
-                        let has_both_te_and_cl =
-                            contains_content_length && contains_transfer_encoding;
+                        let has_both_te_and_cl = seen.content_length && seen.transfer_encoding;
                         if has_both_te_and_cl {
                             request_header.remove_header(&CONTENT_LENGTH);
                         }
@@ -507,7 +489,7 @@ impl HttpSession {
                         self.body_reader.reinit();
                         self.pipelined_idle_bytes_stashed = false;
                         self.response_written = None;
-                        if contains_connection {
+                        if seen.connection {
                             self.respect_keepalive();
                         } else {
                             // What `respect_keepalive` decides without a `Connection` field.
@@ -519,12 +501,12 @@ impl HttpSession {
                             self.set_keepalive(None);
                         }
                         self.request_framing = RequestFraming {
-                            transfer_encoding: contains_transfer_encoding,
+                            transfer_encoding: seen.transfer_encoding,
                             content_length: None,
                         };
                         self.request_framing.content_length = self.validate_request_framing(
-                            contains_transfer_encoding,
-                            contains_content_length,
+                            seen.transfer_encoding,
+                            seen.content_length,
                         )?;
 
                         return Ok(Some(s));
