@@ -79,6 +79,7 @@ impl TimerStub {
     }
 }
 
+#[derive(Clone)]
 struct Timer(Arc<Notify>, Arc<AtomicBool>);
 
 impl Timer {
@@ -96,10 +97,22 @@ impl Timer {
     }
 }
 
+/// One thread's timers.
+#[derive(Default)]
+struct ThreadTimers {
+    tree: BTreeMap<Time, Timer>,
+    /// Weir patch: the timer this thread inserted last, with its time. A thread registers
+    /// its timers in runs for one time slot (a server arms the same timeout for every request
+    /// it reads, many per resolution under load), and finding that slot here costs a
+    /// comparison where searching the tree costs one per level. A timer that falls into the
+    /// slot after it has fired is due already, and the fired timer's stub returns at once.
+    last: Option<(Time, Timer)>,
+}
+
 /// The object that holds all the timers registered to it.
 pub struct TimerManager {
     // each thread insert into its local timer tree to avoid lock contention
-    timers: ThreadLocal<RwLock<BTreeMap<Time, Timer>>>,
+    timers: ThreadLocal<RwLock<ThreadTimers>>,
     zero: Instant, // the reference zero point of Timestamp
     // Start a new clock thread if this is -1 or staled. The clock thread should keep updating this
     clock_watchdog: AtomicI64,
@@ -141,6 +154,7 @@ impl TimerManager {
             // iterate through the timer tree for all threads
             for thread_timer in self.timers.iter() {
                 let mut timers = thread_timer.write();
+                let timers = &mut timers.tree;
                 // Fire all timers until now
                 loop {
                     let key_to_remove = timers.iter().next().and_then(|(k, _)| {
@@ -204,20 +218,26 @@ impl TimerManager {
         }
         let now: Time = (Instant::now() + duration - self.zero).into();
         {
-            let timers = self.timers.get_or(|| RwLock::new(BTreeMap::new())).read();
-            if let Some(t) = timers.get(&now) {
+            let timers = self.timers.get_or(Default::default).read();
+            if let Some((time, timer)) = &timers.last {
+                if *time == now {
+                    return timer.subscribe();
+                }
+            }
+            if let Some(t) = timers.tree.get(&now) {
                 return t.subscribe();
             }
         } // drop read lock
 
         let timer = Timer::new();
-        let mut timers = self.timers.get_or(|| RwLock::new(BTreeMap::new())).write();
+        let mut timers = self.timers.get_or(Default::default).write();
         // Usually we check if another thread has insert the same node before we get the write lock,
         // but because only this thread will insert anything to its local timers tree, there
         // is no possible race that can happen. The only other thread is the clock thread who
         // only removes timer from the tree
         let stub = timer.subscribe();
-        timers.insert(now, timer);
+        timers.last = Some((now, timer.clone()));
+        timers.tree.insert(now, timer);
         stub
     }
 
@@ -281,6 +301,35 @@ mod tests {
         t2.poll().await;
         // t2 fired along t1 so no extra wait time
         assert_eq!(now.elapsed().as_secs(), 0);
+    }
+
+    #[tokio::test]
+    async fn test_timer_manager_slots() {
+        // Timers of two lengths interleaved, so that a slot is found both as the last one
+        // inserted and in the tree, and timers registered after the last slot fired: each
+        // fires, and not before its time.
+        let tm_a = Arc::new(TimerManager::new());
+        let tm = tm_a.clone();
+        std::thread::spawn(move || tm_a.clock_thread());
+
+        let start = Instant::now();
+        let short = Duration::from_millis(50);
+        let long = Duration::from_millis(150);
+        let timers = [
+            (short, tm.register_timer(short)),
+            (long, tm.register_timer(long)),
+            (short, tm.register_timer(short)),
+            (long, tm.register_timer(long)),
+        ];
+        for (after, timer) in timers {
+            timer.poll().await;
+            assert!(start.elapsed() >= after);
+        }
+        for _ in 0..3 {
+            let start = Instant::now();
+            tm.register_timer(short).poll().await;
+            assert!(start.elapsed() >= short);
+        }
     }
 
     #[test]
