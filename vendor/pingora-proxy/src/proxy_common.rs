@@ -14,6 +14,7 @@
 
 use http::header::{self, HeaderName};
 use pingora_core::protocols::http::authority::{raw_target_authority, RawTargetAuthority};
+use pingora_core::protocols::http::v1::common::FramingFields;
 use pingora_core::upstreams::peer::{H1UpgradePolicy, HttpUpstreamRequestPolicy};
 use pingora_error::{Error, ErrorType::InvalidHTTPHeader, OrErr, Result};
 use pingora_http::RequestHeader;
@@ -456,13 +457,10 @@ pub fn h1_response_framing(
 ) -> Result<()> {
     // these status codes / method cannot have body, so no need to add chunked encoding
     let no_body = head_request || matches!(resp.status.as_u16(), 204 | 304);
-    let chunked = resp.headers.contains_key(header::TRANSFER_ENCODING);
-    if !no_body
-        && !resp.status.is_informational()
-        && !chunked
-        && resp.headers.get(header::CONTENT_LENGTH).is_none()
-        && !end
-    {
+    // Weir patch: both fields found in one pass over a small head, not two lookups.
+    let present = FramingFields::of_head(&resp.headers);
+    let chunked = present.transfer_encoding;
+    if !no_body && !resp.status.is_informational() && !chunked && !present.content_length && !end {
         // Upgrade the http version to 1.1 because 1.0/0.9 doesn't support chunked
         resp.set_version(http::Version::HTTP_11);
         resp.insert_header(header::TRANSFER_ENCODING, "chunked")?;

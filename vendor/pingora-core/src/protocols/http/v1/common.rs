@@ -127,10 +127,17 @@ fn parse_connection_header(value: &[u8]) -> ConnectionValue {
 /// under `Transfer-Encoding` (Weir patch: the server's flush decision wants it and need not
 /// look it up again).
 pub(crate) fn init_body_writer_comm(body_writer: &mut BodyWriter, headers: &HMap) -> Option<bool> {
-    if is_chunked_encoding_from_headers(headers) {
+    // Weir patch: a field the head does not have is not looked up.
+    let present = FramingFields::of_head(headers);
+    if present.transfer_encoding && is_chunked_encoding_from_headers(headers) {
         // transfer-encoding takes priority over content-length
         body_writer.init_chunked();
         return None;
+    }
+    if !present.content_length {
+        // What `content_length_for_framing` answers for an absent field, below.
+        body_writer.init_close_delimited();
+        return Some(false);
     }
     // Resolve Content-Length through the shared, range-checked helper so the
     // value is reconciled (identical duplicates / comma lists) and never
@@ -178,7 +185,7 @@ fn find_last_te_token(bytes: &[u8]) -> &[u8] {
 /// costs one comparison per field, where asking the parsed head's map costs a hash and a
 /// probe per name even when the field is absent, as it nearly always is.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct FramingFields {
+pub struct FramingFields {
     pub transfer_encoding: bool,
     pub content_length: bool,
     pub connection: bool,
@@ -199,6 +206,29 @@ impl FramingFields {
             _ => return,
         };
         *seen = true;
+    }
+
+    /// Whether a head about to be written has `Transfer-Encoding` and `Content-Length` (the
+    /// other fields are not looked for). A small head is read in one pass over its names,
+    /// comparing them (a tag for standard names); a lookup costs a hash and a probe per name.
+    pub fn of_head(headers: &HMap) -> Self {
+        const ONE_PASS: usize = 16;
+        if headers.keys_len() > ONE_PASS {
+            return FramingFields {
+                transfer_encoding: headers.contains_key(header::TRANSFER_ENCODING),
+                content_length: headers.contains_key(header::CONTENT_LENGTH),
+                ..Default::default()
+            };
+        }
+        let mut present = FramingFields::default();
+        for name in headers.keys() {
+            if *name == header::TRANSFER_ENCODING {
+                present.transfer_encoding = true;
+            } else if *name == header::CONTENT_LENGTH {
+                present.content_length = true;
+            }
+        }
+        present
     }
 }
 
@@ -538,6 +568,38 @@ mod test {
         StatusCode, Version,
     };
     use rstest::rstest;
+
+    #[test]
+    fn test_framing_fields_of_head() {
+        // Heads of each size around the one-pass limit, with either field, both or none,
+        // repeated or not: what lookups find.
+        for fields in 0..20 {
+            for (te, cl) in [(false, false), (true, false), (false, true), (true, true)] {
+                let mut headers = HMap::new();
+                for i in 0..fields {
+                    let name = http::HeaderName::from_bytes(format!("x-{i}").as_bytes()).unwrap();
+                    headers.append(name, HeaderValue::from(i));
+                }
+                for _ in 0..(fields % 3) {
+                    if te {
+                        headers.append(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+                    }
+                    if cl {
+                        headers.append(CONTENT_LENGTH, HeaderValue::from(fields));
+                    }
+                }
+                let present = FramingFields::of_head(&headers);
+                assert_eq!(
+                    (present.transfer_encoding, present.content_length),
+                    (
+                        headers.contains_key(TRANSFER_ENCODING),
+                        headers.contains_key(CONTENT_LENGTH)
+                    ),
+                    "{headers:?}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn test_framing_fields_note() {

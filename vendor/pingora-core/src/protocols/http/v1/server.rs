@@ -80,6 +80,8 @@ struct RequestFraming {
     transfer_encoding: bool,
     /// Its `Content-Length`, resolved (`None`: none, or under `Transfer-Encoding`).
     content_length: Option<usize>,
+    /// The head has an `Upgrade` field.
+    upgrade: bool,
 }
 
 /// The HTTP 1.x server session
@@ -503,6 +505,7 @@ impl HttpSession {
                         self.request_framing = RequestFraming {
                             transfer_encoding: seen.transfer_encoding,
                             content_length: None,
+                            upgrade: seen.upgrade,
                         };
                         self.request_framing.content_length = self.validate_request_framing(
                             seen.transfer_encoding,
@@ -993,8 +996,14 @@ impl HttpSession {
         // Allow informational header (excluding 101) to pass through without affecting the state
         // of the request
         if header.status == 101 || !header.status.is_informational() {
-            // Asked once: the body writer wants it too (a lookup of the request's `Upgrade`).
-            let upgrade = self.is_upgrade(header);
+            // Asked once: the body writer wants it too (a lookup of the request's `Upgrade`),
+            // and only when the request arrived with an `Upgrade` field: without one it
+            // cannot be an upgrade's answer.
+            let upgrade = if self.request_framing.upgrade {
+                self.is_upgrade(header)
+            } else {
+                None
+            };
             // reset request body to done for incomplete upgrade handshakes
             if let Some(upgrade_ok) = upgrade {
                 if upgrade_ok {
