@@ -180,10 +180,11 @@ fn find_last_te_token(bytes: &[u8]) -> &[u8] {
     last_token.trim_ascii()
 }
 
-/// Which of the fields that frame a message or decide its connection's reuse a head has,
-/// noted while its fields are read (Weir patch): their names differ in length, so noting
-/// costs one comparison per field, where asking the parsed head's map costs a hash and a
-/// probe per name even when the field is absent, as it nearly always is.
+/// Which of the fields that frame a message or decide its connection's reuse a head has
+/// (Weir patch), noted while its fields are read ([`Self::note`]: a length match per field,
+/// and one or two comparisons when the length fits) or found in one pass over a head about to
+/// be written ([`Self::of_head`]), where asking the head's map costs a hash and a probe per
+/// name even when the field is absent, as it nearly always is.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct FramingFields {
     pub transfer_encoding: bool,
